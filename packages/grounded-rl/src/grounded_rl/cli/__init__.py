@@ -1,0 +1,49 @@
+"""The ``grounded-rl`` command line.
+
+Command groups live in the modules below and register on :data:`app`. Torch and transformers are imported inside
+commands, never at module level, so ``grounded-rl --help`` does not pay for them.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+from trace_forge.cli._app import run
+
+app = typer.Typer(
+    name="grounded-rl",
+    help="SFT and GRPO (single- and multi-turn zoom) for visually grounded reasoning, and pinned evaluation.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+
+
+
+@app.callback()
+def _root() -> None:
+    """SFT and GRPO (single- and multi-turn zoom) for visually grounded reasoning, and pinned evaluation."""
+
+
+@app.command()
+def version() -> None:
+    """Print the grounded-rl and trace-forge versions."""
+    import trace_forge
+
+    import grounded_rl
+
+    typer.echo(f"grounded-rl {grounded_rl.__version__} (trace-forge {trace_forge.__version__})")
+
+
+for _name in ():
+    importlib.import_module(f"grounded_rl.cli.{_name}")
+
+
+def main() -> None:
+    run(app)
+
+
+__all__ = ["app", "main"]

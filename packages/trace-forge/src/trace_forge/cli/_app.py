@@ -1,0 +1,57 @@
+"""The typer application object and the error policy shared by every command."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import typer
+from rich.console import Console
+
+from trace_forge.errors import TraceForgeError
+
+app = typer.Typer(
+    name="trace-forge",
+    help="Mine visually grounded reasoning traces with Monte Carlo tree search over a teacher VLM.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+
+console = Console(stderr=True)
+
+
+@app.callback()
+def _root() -> None:
+    """Mine visually grounded reasoning traces with Monte Carlo tree search over a teacher VLM."""
+
+
+def run(typer_app: typer.Typer) -> None:
+    """Run a typer app: a known error becomes one red line and its exit code (``TRACE_FORGE_DEBUG=1`` re-raises).
+
+    Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad input data, 130 interrupted.
+    """
+    logging.basicConfig(
+        level=os.environ.get("TRACE_FORGE_LOG", "WARNING").upper(),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        typer_app()
+    except TraceForgeError as e:
+        if os.environ.get("TRACE_FORGE_DEBUG"):
+            raise
+        console.print(f"[bold red]error:[/] {e}", highlight=False)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]")
+        sys.exit(130)
+
+
+@app.command()
+def version() -> None:
+    """Print the trace-forge version."""
+    from trace_forge import __version__
+
+    typer.echo(__version__)

@@ -1,0 +1,31 @@
+"""Typed errors of trace-forge. The CLI turns each into one line and an exit code."""
+
+from __future__ import annotations
+
+__all__ = ["TraceForgeError", "DataError", "ConfigError"]
+
+
+class TraceForgeError(Exception):
+    """Base of every error trace-forge raises on purpose."""
+
+    exit_code = 1
+
+
+class DataError(TraceForgeError):
+    """Bad input data: names the file (and line or field) at fault."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, path: object | None = None, line: int | None = None) -> None:
+        where = ""
+        if path is not None:
+            where = f"{path}:{line}: " if line is not None else f"{path}: "
+        super().__init__(f"{where}{message}")
+        self.path = path
+        self.line = line
+
+
+class ConfigError(TraceForgeError):
+    """Invalid options or settings; the message says which and how to fix it."""
+
+    exit_code = 2
