@@ -1,0 +1,194 @@
+"""Official verifiers: score one final answer (the text inside ``<answer>``) against a sample's ground truth.
+
+Each function returns 0.0 or 1.0 and never raises on a bad *prediction* (a malformed answer is simply wrong), but
+does raise ``ValueError`` on bad *ground truth*, because a silently unwinnable question would bias a benchmark.
+
+The rules follow the benchmarks' official scripts (``shared/reference/benchmarks.md``), except where ViGoRL's judges
+are known to be wrong: its ``string_match`` counts the ground truth as a substring of the prediction (so "not red"
+matches "red") and its RL variant does not lower-case the ground truth. Neither is reproduced here.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+
+from trace_forge.grounding import Box, Point
+
+__all__ = ["choose_option", "score_option", "score_point", "score_text", "parse_point"]
+
+# "Answer: B", "The final answer is (B)", "Option B" -> "B" / "(B)": wrappers models add around a choice.
+_LEAD_IN = re.compile(r"^(?:the\s+)?(?:final\s+)?(?:answer|option|choice)(?:\s+is)?\s*[:\-]?\s*", re.IGNORECASE)
+# A choice letter, bare or as "(B)", "B.", "B)", "B:", then whitespace and optionally the option's text. The
+# lookahead keeps a word such as "Blue" from reading as the letter B.
+_LETTER = re.compile(r"^(?:\(([A-Za-z])\)\.?|([A-Za-z])[.):]?)(?=\s|$)\s*(.*)$", re.DOTALL)
+_NUMBER = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)")
+
+
+def _norm_option(text: str) -> str:
+    """Lower-case, collapse whitespace, drop surrounding quotes and a trailing period."""
+    text = " ".join(text.split()).lower()
+    return text.strip("\"'`").rstrip(".").strip()
+
+
+def choose_option(pred: str | None, options: list[str]) -> int | None:
+    """Index of the option a prediction selects, or None when it selects none or is ambiguous.
+
+    Accepted, in this order (case-insensitive, surrounding whitespace and a trailing period ignored):
+
+    1. the full text of an option ("red");
+    2. after an optional lead-in ("Answer:", "The answer is", "Option"), the full text of an option, or a letter
+       within range: "B", "(B)", "B.", "B)", "B:", optionally followed by text ("B. blue", "(B) blue"), which must
+       then be that same option's text.
+
+    Anything else selects nothing: extra words ("red car" for "red"), several letters ("A and B"), a letter whose
+    trailing text names a different option ("A. blue"), or a letter past the last option.
+
+    Args:
+        pred: the model's final answer.
+        options: the choices in the order shown to the model (letters A, B, ... follow this order).
+
+    Returns:
+        The index into ``options`` (the first one when two options have the same text), or None.
+
+    Example:
+        >>> choose_option("(B) blue.", ["red", "blue"])
+        1
+        >>> choose_option("not red", ["red", "blue"]) is None
+        True
+    """
+    if not pred or not pred.strip():
+        return None
+    norms = [_norm_option(o) for o in options]
+    for text in (pred, _LEAD_IN.sub("", pred.strip(), count=1)):
+        wanted = _norm_option(text)
+        if wanted and wanted in norms:
+            return norms.index(wanted)
+        index = _letter_choice(text.strip(), norms)
+        if index is not None:
+            return index
+    return None
+
+
+def _letter_choice(text: str, norms: list[str]) -> int | None:
+    """Resolve "B", "(B)", "B." or "B. text" to an option index; any trailing text must agree with the option."""
+    match = _LETTER.match(text)
+    if match is None:
+        return None
+    paren_letter, plain_letter, rest = match.groups()
+    letter = paren_letter or plain_letter
+    index = ord(letter.upper()) - ord("A")
+    if index >= len(norms):
+        return None
+    rest = _norm_option(rest)
+    if rest and rest != norms[index]:
+        return None
+    return index
+
+
+def score_option(pred: str | None, options: list[str], answer: str) -> float:
+    """1.0 iff ``pred`` selects the correct option (rules in :func:`choose_option`), else 0.0.
+
+    The comparison is exact after normalisation, never by substring: "not red" does not select "red".
+
+    Args:
+        pred: the model's final answer (None or empty scores 0).
+        options: the choices in the order shown to the model.
+        answer: the correct option's text.
+
+    Raises:
+        ValueError: when ``options`` is empty or ``answer`` is not one of them.
+
+    Example:
+        >>> score_option("Answer: B", ["left", "right"], "right")
+        1.0
+        >>> score_option("A and B", ["left", "right"], "right")
+        0.0
+    """
+    norms = [_norm_option(o) for o in options]
+    if _norm_option(answer) not in norms:
+        raise ValueError(f"answer {answer!r} is not one of the options {options!r}")
+    index = choose_option(pred, options)
+    return float(index is not None and norms[index] == _norm_option(answer))
+
+
+def parse_point(text: str) -> tuple[float, float] | None:
+    """Read a point the way the official ScreenSpot scripts do: every number in the text, 2 -> a point, 4 -> the
+    centre of the box ``(x1, y1, x2, y2)``; any other count -> None.
+
+    Floats are accepted here on purpose: the benchmark scripts accept them, and rejecting them is the job of the
+    format reward, not of accuracy.
+
+    Example:
+        >>> parse_point("(12, 34)")
+        (12.0, 34.0)
+        >>> parse_point("[10, 20, 30, 40]")
+        (20.0, 30.0)
+        >>> parse_point("left of the icon") is None
+        True
+    """
+    numbers = [float(n) for n in _NUMBER.findall(text)]
+    if len(numbers) == 2:
+        return numbers[0], numbers[1]
+    if len(numbers) == 4:
+        x1, y1, x2, y2 = numbers
+        return (x1 + x2) / 2, (y1 + y2) / 2
+    return None
+
+
+def score_point(pred: str | Point | None, boxes: list[Box]) -> float:
+    """1.0 iff the predicted point lies in any target box, border included (ScreenSpot / ViGoRL rule).
+
+    A string is read with :func:`parse_point` and taken to be in the frame of ``boxes``, so callers must pass the
+    boxes in the frame the model writes coordinates in. A :class:`Point` keeps its own frame and must match the
+    boxes' (``Box.contains`` raises otherwise).
+
+    Args:
+        pred: the model's final answer, or a point already parsed; None or unparseable text scores 0.
+        boxes: the target regions, all in one frame.
+
+    Raises:
+        ValueError: when ``boxes`` is empty, or a Point's frame differs from the boxes'.
+
+    Example:
+        >>> score_point("(30, 40)", [Box(10, 20, 30, 40)])
+        1.0
+        >>> score_point("[0, 0, 20, 20]", [Box(10, 20, 30, 40)])  # a box answer counts as its centre (10, 10)
+        0.0
+    """
+    if not boxes:
+        raise ValueError("score_point needs at least one target box")
+    if pred is None:
+        return 0.0
+    if isinstance(pred, str):
+        xy = parse_point(pred)
+        if xy is None:
+            return 0.0
+        pred = Point(xy[0], xy[1], boxes[0].frame)
+    return float(any(box.contains(pred) for box in boxes))
+
+
+_PUNCT_AND_SPACE = string.punctuation + string.whitespace
+
+
+def _norm_text(text: str) -> str:
+    return " ".join(text.split()).lower().strip(_PUNCT_AND_SPACE)
+
+
+def score_text(pred: str | None, answer: str) -> float:
+    """1.0 iff ``pred`` equals ``answer`` after normalisation: lower-case, whitespace collapsed, surrounding
+    punctuation stripped. Inner punctuation is kept ("3.5" differs from "35"), and there is no substring credit.
+
+    Raises:
+        ValueError: when ``answer`` normalises to the empty string.
+
+    Example:
+        >>> score_text("  The  Eiffel Tower! ", "the eiffel tower")
+        1.0
+        >>> score_text("not the eiffel tower", "the eiffel tower")
+        0.0
+    """
+    gold = _norm_text(answer)
+    if not gold:
+        raise ValueError(f"reference answer {answer!r} is empty after normalisation")
+    return float(pred is not None and _norm_text(pred) == gold)
