@@ -1,0 +1,123 @@
+"""The run directory: one JSON line per finished question, written so that a kill at any moment loses nothing
+that was finished.
+
+Layout of a run directory::
+
+    run.json        command, parameters, teacher, versions (written atomically)
+    trees.jsonl     one line per finished question: the whole tree, rewards, teacher usage
+    errors.jsonl    one line per question that failed (teacher gave up, bad image), with the reason
+    cache.sqlite    the teacher response cache (see trace_forge.teachers.cache)
+
+Each line is written with a single ``write`` followed by ``flush`` and ``fsync``. A process killed mid-write can
+leave at most one torn last line; :meth:`RunStore.finished` detects it, reports it, and cuts it off so the next
+append starts on a clean line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from trace_forge.errors import DataError
+
+__all__ = ["RunStore", "read_records"]
+
+log = logging.getLogger(__name__)
+
+TREES = "trees.jsonl"
+ERRORS = "errors.jsonl"
+RUN_JSON = "run.json"
+CACHE = "cache.sqlite"
+
+
+def read_records(path: Path, *, repair: bool = False) -> Iterator[dict[str, Any]]:
+    """Yield the JSON records of a ``.jsonl`` file written by :class:`RunStore`.
+
+    A torn last line (no newline, or not valid JSON) is what a kill mid-write leaves: it is reported and skipped,
+    and with ``repair`` the file is truncated to the last complete line. A bad line anywhere else is corruption
+    and raises :class:`DataError` naming the file and line.
+    """
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    # `lines[-1]` is what follows the last newline: empty for a clean file, a torn fragment otherwise.
+    complete, tail = lines[:-1], lines[-1]
+    good_end = len(data) - len(tail)
+    for i, raw in enumerate(complete, start=1):
+        if not raw.strip():
+            continue
+        try:
+            yield json.loads(raw)
+        except json.JSONDecodeError as e:
+            if i == len(complete) and not tail:
+                # A torn line can also end in a newline if the kill hit between two writes of a buffer.
+                log.warning("%s:%d: torn last line ignored (%s)", path, i, e)
+                good_end -= len(raw) + 1
+                break
+            raise DataError(f"corrupt record ({e})", path=path, line=i) from e
+    if tail.strip():
+        log.warning("%s:%d: torn last line (%d bytes, no newline) ignored", path, len(complete) + 1, len(tail))
+    if repair and good_end < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(good_end)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+class RunStore:
+    """Append-only storage of one search run."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def trees_path(self) -> Path:
+        return self.root / TREES
+
+    @property
+    def errors_path(self) -> Path:
+        return self.root / ERRORS
+
+    @property
+    def cache_path(self) -> Path:
+        return self.root / CACHE
+
+    def finished(self) -> dict[str, dict[str, Any]]:
+        """Records of finished questions by question id; repairs a torn last line (see :func:`read_records`)."""
+        return {r["question_id"]: r for r in read_records(self.trees_path, repair=True)}
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Append one finished question durably (one write, flush, fsync)."""
+        self._append(self.trees_path, record)
+
+    def append_error(self, record: dict[str, Any]) -> None:
+        self._append(self.errors_path, record)
+
+    def write_run_json(self, info: dict[str, Any]) -> None:
+        """Write ``run.json`` atomically (temp file + rename), so a kill never leaves half a file."""
+        tmp = self.root / f".{RUN_JSON}.tmp"
+        tmp.write_text(json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
+        os.replace(tmp, self.root / RUN_JSON)
+
+    def read_run_json(self) -> dict[str, Any] | None:
+        path = self.root / RUN_JSON
+        if not path.exists():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise DataError(f"not valid JSON ({e})", path=path) from e
+
+    @staticmethod
+    def _append(path: Path, record: dict[str, Any]) -> None:
+        line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+        with open(path, "ab") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
