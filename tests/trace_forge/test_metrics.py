@@ -3,6 +3,7 @@ import itertools
 from fractions import Fraction
 
 import pytest
+
 from trace_forge.tasks import metrics
 from trace_forge.tasks.metrics import avg_at_k, circular, group_means, macro, mean, pass_at_k
 from trace_forge.tasks.sample import AnswerKind, Sample

@@ -4,6 +4,7 @@ import json
 import re
 
 import pytest
+
 from trace_forge.tasks import prompts
 from trace_forge.tasks.prompts import (
     NORM1000_HINT,

@@ -1,6 +1,7 @@
 import doctest
 
 import pytest
+
 from trace_forge.grounding import Box, Frame, Point
 from trace_forge.tasks import scoring
 from trace_forge.tasks.scoring import choose_option, parse_point, score_option, score_point, score_text

@@ -1,5 +1,22 @@
 """The one definition of a grounded reasoning step, its coordinate frames, text forms and zoom geometry."""
 
+from trace_forge.grounding.format import (
+    DEFAULT_CONNECTOR,
+    ZOOM_TOOL_NAME,
+    ZOOM_TOOL_SPEC,
+    Parsed,
+    Problem,
+    ProblemCode,
+    ToolCall,
+    parse_point,
+    parse_response,
+    render_answer,
+    render_answer_turn,
+    render_backtracking,
+    render_single_turn,
+    render_step,
+    render_zoom_turn,
+)
 from trace_forge.grounding.frames import (
     QWEN_FACTOR,
     QWEN_MAX_PIXELS,
@@ -10,8 +27,30 @@ from trace_forge.grounding.frames import (
     smart_resize,
 )
 from trace_forge.grounding.steps import Box, Point, Step, Trajectory
+from trace_forge.grounding.zoom import GUI_ZOOM, VISUAL_SEARCH_ZOOM, CropBox, Zoom, ZoomSpec, zoom
 
 __all__ = [
+    "DEFAULT_CONNECTOR",
+    "ZOOM_TOOL_NAME",
+    "ZOOM_TOOL_SPEC",
+    "Parsed",
+    "Problem",
+    "ProblemCode",
+    "ToolCall",
+    "parse_point",
+    "parse_response",
+    "render_answer",
+    "render_answer_turn",
+    "render_backtracking",
+    "render_single_turn",
+    "render_step",
+    "render_zoom_turn",
+    "GUI_ZOOM",
+    "VISUAL_SEARCH_ZOOM",
+    "CropBox",
+    "Zoom",
+    "ZoomSpec",
+    "zoom",
     "QWEN_FACTOR",
     "QWEN_MAX_PIXELS",
     "QWEN_MIN_PIXELS",

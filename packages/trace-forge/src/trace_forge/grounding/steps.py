@@ -103,6 +103,21 @@ class Step:
     text: str
     point: Point
 
+    def render(self) -> str:
+        """The thought as model text: ``text``, with the point's literal ``(x, y)`` appended if it lacks one."""
+        from trace_forge.grounding.format import anchor_text  # the text format builds on this module
+
+        return anchor_text(self.text, self.point)
+
+    def to(self, frame: Frame | str, geometry: ImageGeometry) -> Step:
+        """This step in another frame: the point converted and its literal in the text rewritten to match."""
+        from trace_forge.grounding.format import move_anchor  # the text format builds on this module
+
+        point = self.point.to(frame, geometry)
+        if point is self.point:
+            return self
+        return Step(move_anchor(self.text, self.point, point), point)
+
     def to_dict(self) -> dict[str, Any]:
         return {"text": self.text, **self.point.to_dict()}
 
@@ -126,5 +141,5 @@ class Trajectory:
     def to(self, frame: Frame | str, geometry: ImageGeometry) -> Trajectory:
         """Every point (steps and a point answer) converted to ``frame``."""
         answer = self.answer.to(frame, geometry) if isinstance(self.answer, Point) else self.answer
-        steps = tuple(Step(s.text, s.point.to(frame, geometry)) for s in self.steps)
+        steps = tuple(s.to(frame, geometry) for s in self.steps)
         return Trajectory(steps, answer, dict(self.meta))
