@@ -31,14 +31,13 @@ def _root() -> None:
 @app.command()
 def version() -> None:
     """Print the grounded-rl and trace-forge versions."""
-    import trace_forge
-
     import grounded_rl
+    import trace_forge
 
     typer.echo(f"grounded-rl {grounded_rl.__version__} (trace-forge {trace_forge.__version__})")
 
 
-for _name in ():
+for _name in ("models",):
     importlib.import_module(f"grounded_rl.cli.{_name}")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -33,6 +34,7 @@ class Task(ABC):
 
     def __init__(self, **options: Any) -> None:
         self.options = options
+        self.skipped: Counter[str] = Counter()  # records the last load() skipped, by reason
 
     @abstractmethod
     def load(

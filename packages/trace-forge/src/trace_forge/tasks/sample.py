@@ -10,6 +10,7 @@ from typing import Any
 from PIL import Image
 
 from trace_forge.grounding import Box
+from trace_forge.tasks.io import compose_canvas
 
 __all__ = ["AnswerKind", "Sample"]
 
@@ -51,3 +52,11 @@ class Sample:
     category: str = ""
     source: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+
+    def canvas(self) -> Image.Image:
+        """The sample as one RGB image: its images side by side (see :func:`~trace_forge.tasks.io.compose_canvas`).
+
+        ``target_boxes`` and every grounded point refer to this image's pixel frame. Decoding happens here, so a
+        corrupt image file raises :class:`~trace_forge.errors.DataError` naming it.
+        """
+        return compose_canvas(self.images)[0]

@@ -1,0 +1,228 @@
+"""Model families, the coordinate frame each one speaks, and loading a model with its processor.
+
+trace-forge stores points in the ``pixel`` frame of the original image. What a model reads and writes depends on
+its family:
+
+- Qwen2.5-VL uses absolute pixels of the image *as its processor resized it* (``model`` frame): the size comes
+  from ``smart_resize`` with factor ``patch_size * merge_size`` (28) and the processor's min/max pixels.
+- Qwen3-VL uses a 0-1000 grid over the image (``norm1000`` frame), independent of resizing.
+
+:func:`resize_of` reads the resize bounds from the real processor, so the ``model`` frame is always the one the
+processor actually produces (tests check this by reconstructing the resized image from ``pixel_values``). Torch and
+transformers are imported inside functions: importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from trace_forge.grounding import Frame, ImageGeometry, Point, Resize, Trajectory
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel, ProcessorMixin
+
+__all__ = [
+    "Family",
+    "family_of",
+    "resize_of",
+    "geometry_for",
+    "to_model_frame",
+    "install_templates",
+    "load_model_and_processor",
+]
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T", Point, Trajectory)
+
+
+class Family(StrEnum):
+    """A supported model family; :attr:`frame` is the coordinate frame its text uses."""
+
+    QWEN2_5_VL = "qwen2_5_vl"
+    QWEN3_VL = "qwen3_vl"
+
+    @property
+    def frame(self) -> Frame:
+        return Frame.MODEL if self is Family.QWEN2_5_VL else Frame.NORM1000
+
+
+# config.json "model_type" -> family (MoE variants share the dense model's prompt format and frame).
+_MODEL_TYPES = {
+    "qwen2_5_vl": Family.QWEN2_5_VL,
+    "qwen3_vl": Family.QWEN3_VL,
+    "qwen3_vl_moe": Family.QWEN3_VL,
+}
+
+
+def family_of(config_or_path: PretrainedConfig | PreTrainedModel | str | Path) -> Family:
+    """The family of a model, from its config, the model itself, or a checkpoint directory.
+
+    A directory is read from its ``config.json`` directly, so this works without importing transformers.
+
+    Raises:
+        ValueError: if the ``model_type`` is not a supported family.
+        FileNotFoundError: if a path has no ``config.json``.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> family_of(SimpleNamespace(model_type="qwen3_vl")).frame.value
+        'norm1000'
+    """
+    if isinstance(config_or_path, (str, Path)):
+        config_file = Path(config_or_path) / "config.json"
+        if not config_file.is_file():
+            raise FileNotFoundError(f"no config.json in {config_or_path}")
+        model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
+    else:
+        config = getattr(config_or_path, "config", config_or_path)
+        model_type = getattr(config, "model_type", None)
+    if model_type not in _MODEL_TYPES:
+        raise ValueError(
+            f"unsupported model_type {model_type!r}; supported: {sorted(_MODEL_TYPES)} "
+            f"(families {[f.value for f in Family]})"
+        )
+    return _MODEL_TYPES[model_type]
+
+
+def _get(obj: Any, key: str) -> Any:
+    """``obj[key]`` for dicts, ``obj.key`` for transformers' ``SizeDict``; ``None`` when absent."""
+    if obj is None:
+        return None
+    return obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
+
+
+def resize_of(processor: ProcessorMixin | Any) -> Resize:
+    """The resize bounds a Qwen-VL processor applies to images, read from its image processor.
+
+    transformers 5 stores the pixel bounds as ``size={"shortest_edge": min_pixels, "longest_edge": max_pixels}``
+    (older releases and some configs as ``min_pixels`` / ``max_pixels`` attributes); both are accepted, ``size``
+    first since that is what the resize code reads. The grid factor is ``patch_size * merge_size``: one visual
+    token per ``factor x factor`` pixels (28 for Qwen2.5-VL, 32 for Qwen3-VL).
+
+    Args:
+        processor: a processor (``Qwen2_5_VLProcessor``, ``Qwen3VLProcessor``) or its image processor.
+
+    Returns:
+        The :class:`~trace_forge.grounding.Resize` that reproduces the processor's output size.
+
+    Raises:
+        ValueError: if the bounds or the patch geometry cannot be found.
+    """
+    image_processor = getattr(processor, "image_processor", processor)
+    size = getattr(image_processor, "size", None)
+    min_pixels = _get(size, "shortest_edge") or getattr(image_processor, "min_pixels", None)
+    max_pixels = _get(size, "longest_edge") or getattr(image_processor, "max_pixels", None)
+    patch_size = getattr(image_processor, "patch_size", None)
+    merge_size = getattr(image_processor, "merge_size", None)
+    if not all(isinstance(v, int) for v in (min_pixels, max_pixels, patch_size, merge_size)):
+        raise ValueError(
+            f"{type(image_processor).__name__} does not look like a Qwen-VL image processor: "
+            f"min_pixels={min_pixels}, max_pixels={max_pixels}, patch_size={patch_size}, merge_size={merge_size}"
+        )
+    return Resize(min_pixels=min_pixels, max_pixels=max_pixels, factor=patch_size * merge_size)
+
+
+def geometry_for(processor: ProcessorMixin | Any, width: int, height: int) -> ImageGeometry:
+    """The :class:`~trace_forge.grounding.ImageGeometry` of a ``width x height`` image under ``processor``.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> ip = SimpleNamespace(size={"shortest_edge": 3136, "longest_edge": 200704}, patch_size=14, merge_size=2)
+        >>> g = geometry_for(ip, 517, 389)
+        >>> (g.model_width, g.model_height)
+        (504, 392)
+    """
+    return resize_of(processor).geometry(width, height)
+
+
+def to_model_frame(
+    traj_or_point: _T, width: int, height: int, processor: ProcessorMixin | Any, family: Family | str
+) -> _T:
+    """Convert a trace-forge point or trajectory (any frame, usually ``pixel``) into ``family``'s frame.
+
+    Args:
+        traj_or_point: a :class:`~trace_forge.grounding.Point` or :class:`~trace_forge.grounding.Trajectory`.
+        width: width of the original image in pixels.
+        height: height of the original image in pixels.
+        processor: the model's processor; its resize bounds define the ``model`` frame.
+        family: the model family, which picks the target frame (``model`` or ``norm1000``).
+
+    Returns:
+        The same kind of object with every point in the family's frame (floats; text rendering rounds them).
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> ip = SimpleNamespace(size={"shortest_edge": 3136, "longest_edge": 200704}, patch_size=14, merge_size=2)
+        >>> p = to_model_frame(Point(258.0, 194.0), 517, 389, ip, "qwen2_5_vl")
+        >>> p.frame.value, round(p.x, 2), round(p.y, 2)
+        ('model', 251.5, 195.5)
+    """
+    geometry = geometry_for(processor, width, height)
+    return traj_or_point.to(Family(family).frame, geometry)
+
+
+def install_templates(processor: ProcessorMixin, family: Family | str | None = None) -> ProcessorMixin:
+    """Put our chat template (and the response template for tool-call parsing) on a processor and its tokenizer.
+
+    Stock Qwen2.5-VL templates cannot render tool calls, so SFT, GRPO and eval all use ours instead; the same
+    string is set on the tokenizer so text-only paths render identically.
+
+    Args:
+        processor: a Qwen-VL processor.
+        family: the family whose template to use; read from the processor class name when omitted.
+
+    Returns:
+        The same processor, modified in place.
+    """
+    from grounded_rl.templates import chat_template, response_template
+
+    if family is None:
+        family = Family.QWEN3_VL if "Qwen3VL" in type(processor).__name__ else Family.QWEN2_5_VL
+    template = chat_template(family)
+    processor.chat_template = template
+    processor.tokenizer.chat_template = template
+    processor.tokenizer.response_template = response_template(family)
+    return processor
+
+
+def load_model_and_processor(
+    path: str | Path,
+    *,
+    dtype: Any = None,
+    trust_remote_code: bool = False,
+    use_our_templates: bool = True,
+) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """Load an image-text-to-text model and its processor from a local directory or Hub id.
+
+    Weights load from safetensors only (``use_safetensors=True``: no pickle files are ever unpickled), and remote
+    code runs only when ``trust_remote_code`` is asked for.
+
+    Args:
+        path: checkpoint directory or Hub id.
+        dtype: torch dtype (or ``"auto"``); transformers' default when ``None``.
+        trust_remote_code: allow code from the checkpoint; off by default.
+        use_our_templates: install our chat/response templates (see :func:`install_templates`).
+
+    Returns:
+        ``(model, processor)``.
+
+    Raises:
+        ValueError: if the model is not of a supported family.
+    """
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": trust_remote_code}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    model = AutoModelForImageTextToText.from_pretrained(str(path), **kwargs)
+    family = family_of(model.config)
+    processor = AutoProcessor.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    if use_our_templates:
+        install_templates(processor, family)
+    logger.info("loaded %s (%s) from %s", type(model).__name__, family.value, path)
+    return model, processor

@@ -1,0 +1,100 @@
+"""``trace-forge tasks``: list the registered benchmarks and preview the samples a loader reads.
+
+Examples:
+    trace-forge tasks list
+    trace-forge tasks show vstar --data-dir data/samples/vstar --limit 5
+    trace-forge tasks show sat2 --data-dir data/samples/sat2 --split val -o circular=true
+    trace-forge tasks show generic --data-dir my.jsonl -o options=choices -o boxes=bbox --skip-bad
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from trace_forge.cli._app import app
+from trace_forge.errors import ConfigError
+from trace_forge.tasks import Sample, Task, get_task, task_names
+
+tasks_app = typer.Typer(help="Benchmark tasks: list them and preview their samples.", no_args_is_help=True)
+app.add_typer(tasks_app, name="tasks")
+
+out = Console()  # tables are the command's output: stdout (errors go to stderr through cli._app)
+
+
+@tasks_app.command("list")
+def list_tasks() -> None:
+    """List the registered tasks with their answer kind, Hub dataset and zoom crop."""
+    table = Table()
+    for column in ("name", "answer kind", "hub id", "default split", "zoom crop"):
+        table.add_column(column, no_wrap=column in ("name", "hub id"))
+    for name in task_names():
+        task = get_task(name)
+        zoom = f"{task.zoom.crop}->{task.zoom.out} px" + (" +dot" if task.zoom.dot else "")
+        table.add_row(name, task.answer_kind.value, task.hub_id or "-", task.default_split, zoom)
+    out.print(table)
+
+
+@tasks_app.command("show")
+def show(
+    task_name: Annotated[str, typer.Argument(metavar="TASK", help="A registered task (see `tasks list`).")],
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", help="Folder (or file) in the official layout; default: the task's Hub dataset."),
+    ] = None,
+    split: Annotated[str | None, typer.Option(help="Split to read; default: the task's default split.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Show at most this many samples.")] = 10,
+    skip_bad: Annotated[
+        bool, typer.Option("--skip-bad", help="Skip and count bad records instead of stopping at the first.")
+    ] = False,
+    option: Annotated[
+        list[str] | None,
+        typer.Option("--option", "-o", help="Task option KEY=VALUE (VALUE read as JSON if it parses); repeatable."),
+    ] = None,
+) -> None:
+    """Load a task's samples and print them with the counts of what was read and skipped."""
+    task = _make_task(task_name, option or [])
+    samples = list(task.load(data_dir=data_dir, split=split, limit=limit, skip_bad=skip_bad))
+    table = Table("id", "category", "question", "options / answer", "boxes (xyxy px)", "images", title=task.name)
+    for sample in samples:
+        table.add_row(
+            sample.id,
+            sample.category,
+            sample.question,
+            _answer_cell(sample),
+            "\n".join(f"[{b.x1:g}, {b.y1:g}, {b.x2:g}, {b.y2:g}]" for b in sample.target_boxes),
+            str(len(sample.images)),
+        )
+    out.print(table)
+    skipped = ", ".join(f"{reason}: {n}" for reason, n in sorted(task.skipped.items())) or "none"
+    out.print(f"{len(samples)} sample(s) shown (limit {limit}); skipped: {skipped}", highlight=False)
+
+
+def _make_task(name: str, pairs: list[str]) -> Task:
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"task option {pair!r} is not KEY=VALUE")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    try:
+        return get_task(name, **options)
+    except TypeError as e:  # an option the task's constructor does not take
+        raise ConfigError(f"bad option for task {name!r}: {e}") from None
+
+
+def _answer_cell(sample: Sample) -> str:
+    """Options one per line with the correct one starred, or the answer alone."""
+    if sample.options:
+        return "\n".join(
+            f"{chr(ord('A') + i)}. {o}" + (" *" if o == sample.answer else "") for i, o in enumerate(sample.options)
+        )
+    return sample.answer or "-"

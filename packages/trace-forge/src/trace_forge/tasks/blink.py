@@ -1,0 +1,136 @@
+"""BLINK (``BLINK-Benchmark/BLINK``): 14 perception subtasks, multiple choice over 1 to 4 images.
+
+Layout: one folder per subtask (``Art_Style/``, ``Counting/``, ...) holding ``<split>.parquet`` or
+``<split>-*.parquet``; columns ``idx``, ``question``, ``prompt`` (full text with options), ``choices``, ``answer``
+(``"(A)"`` ... ``"(E)"``), ``sub_task`` and ``image_1`` ... ``image_4`` (None where unused). The test split's answers
+are ``"hidden"``: such rows cannot be scored, so they are skipped and counted under ``"hidden answer"``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from itertools import chain, islice
+from operator import attrgetter
+from pathlib import Path
+
+from trace_forge.errors import ConfigError, DataError
+from trace_forge.grounding import Point
+from trace_forge.tasks import metrics
+from trace_forge.tasks.base import Task, register
+from trace_forge.tasks.generic import score_by_kind
+from trace_forge.tasks.io import (
+    Record,
+    SkipPolicy,
+    find_split_files,
+    letter_index,
+    resolve_root,
+    table_records,
+)
+from trace_forge.tasks.sample import AnswerKind, Sample
+
+__all__ = ["Blink"]
+
+logger = logging.getLogger(__name__)
+
+_REQUIRED = ("idx", "question", "choices", "answer", "image_1")
+_IMAGE_COLUMNS = ("image_1", "image_2", "image_3", "image_4")
+HIDDEN = "hidden"
+
+
+@register
+class Blink(Task):
+    """BLINK; accuracy per subtask and ``overall`` = their unweighted mean (official ``evaluate.py``).
+
+    Args:
+        subtasks: subtask folder names to load (a list, or a comma-separated string); default all.
+    """
+
+    name = "blink"
+    answer_kind = AnswerKind.OPTION
+    hub_id = "BLINK-Benchmark/BLINK"
+    default_split = "val"
+    license_note = "BLINK gathers images from several existing datasets; see the benchmark's licence"
+
+    def __init__(self, *, subtasks: Sequence[str] | str | None = None) -> None:
+        if isinstance(subtasks, str):
+            subtasks = [s.strip() for s in subtasks.split(",") if s.strip()]
+        super().__init__(subtasks=subtasks)
+        self.subtasks = list(subtasks) if subtasks else None
+
+    def load(
+        self,
+        data_dir: str | Path | None = None,
+        split: str | None = None,
+        limit: int | None = None,
+        skip_bad: bool = False,
+    ) -> Iterator[Sample]:
+        """Read ``split`` (default ``val``) of every subtask folder, in name order.
+
+        Raises:
+            ConfigError: a requested subtask has no folder (the message lists those found).
+            DataError: no subtask folder holds ``split``.
+        """
+        split = split or self.default_split
+        patterns = [f"{s}/*{split}*" for s in self.subtasks] if self.subtasks else [f"*/*{split}*"]
+        root = resolve_root(data_dir, self.hub_id, allow_patterns=patterns)
+        self.skipped.clear()
+        policy = SkipPolicy(skip_bad, self.skipped)
+        records = chain.from_iterable(table_records(f, _REQUIRED, policy) for f in self._files(root, split))
+        samples = policy.convert(records, self._sample)
+        return islice((s for s in samples if s is not None), limit)
+
+    def _files(self, root: Path, split: str) -> list[Path]:
+        folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if self.subtasks:
+            names = [p.name for p in folders]
+            unknown = [s for s in self.subtasks if s not in names]
+            if unknown:
+                raise ConfigError(f"unknown BLINK subtask(s) {unknown}; found in {root}: {names}")
+            return [f for name in self.subtasks for f in find_split_files(root / name, split)]
+        files = [f for folder in folders for f in self._split_files(folder, split)]
+        if not files:
+            raise DataError(f"no subtask folder holds split {split!r}", path=root)
+        return files
+
+    @staticmethod
+    def _split_files(folder: Path, split: str) -> list[Path]:
+        """A folder's split files, or none for a folder that is not a subtask (or lacks this split)."""
+        try:
+            return find_split_files(folder, split)
+        except DataError:
+            return []
+
+    def _sample(self, rec: Record) -> Sample | None:
+        label = rec.text("answer")
+        if label.strip().lower() == HIDDEN:
+            self.skipped["hidden answer"] += 1
+            logger.debug("skipping %s: hidden answer", rec.source)
+            return None
+        choices = rec.strings("choices", min_len=2)
+        index = letter_index(label)
+        if index is None or index >= len(choices):
+            raise rec.error(f"answer {label!r} is not a letter of the {len(choices)} choices", "bad answer")
+        images = [rec.image(rec.data[c], rec.path.parent) for c in _IMAGE_COLUMNS if rec.data.get(c) is not None]
+        if not images:
+            rec.require("image_1")
+        return Sample(
+            id=str(rec.require("idx")),
+            task=self.name,
+            images=images,
+            question=rec.text("question"),
+            answer_kind=self.answer_kind,
+            options=choices,
+            answer=choices[index],
+            category=str(rec.data.get("sub_task") or rec.path.parent.name),
+            source=rec.source,
+            meta={"prompt": rec.data.get("prompt", ""), "answer_label": label},
+        )
+
+    def score(self, sample: Sample, answer: str | Point | None) -> float:
+        return score_by_kind(sample, answer)
+
+    def aggregate(self, results: Sequence[tuple[Sample, float]]) -> dict[str, float]:
+        """One accuracy per subtask and ``overall``, their unweighted mean."""
+        subtasks = metrics.group_means(results, attrgetter("category"))
+        return {"overall": metrics.macro(subtasks), **subtasks}
