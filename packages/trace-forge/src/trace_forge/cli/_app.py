@@ -8,6 +8,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from trace_forge.errors import TraceForgeError
 
@@ -42,7 +43,7 @@ def run(typer_app: typer.Typer) -> None:
     except TraceForgeError as e:
         if os.environ.get("TRACE_FORGE_DEBUG"):
             raise
-        console.print(f"[bold red]error:[/] {e}", highlight=False)
+        console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")

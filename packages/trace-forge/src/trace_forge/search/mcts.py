@@ -1,0 +1,431 @@
+"""Monte Carlo tree search over grounded reasoning steps with a teacher VLM (the ViGoRL recipe, made concurrent).
+
+One simulation of :class:`QuestionSearch`:
+
+1. **Select** a node by UCB from the root (:func:`~trace_forge.search.tree.select`).
+2. **Expand** it: one request for ``children`` samples (``n = k``: the server shares the prompt's prefill). Each
+   sample is either a grounded step (one point) or a final answer (a terminal child). Steps whose point repeats a
+   point of their path, or a sibling's, are dropped; malformed samples are counted as dead.
+3. **Roll out** each new step ``rollouts`` times: ephemeral steps, never added to the tree, until an answer; the
+   last allowed step forces one. A rollout that never answers is judged on its last text. The first step of all
+   rollouts of a child is one request with ``n = rollouts``.
+4. **Back up** every 0/1 reward from the task's verifier along the path as a running mean.
+
+Prompts keep a stable prefix (system, image, question, then earlier steps) so inference servers cache it. Every
+request carries a seed derived from (run seed, question, node, purpose), so a search is deterministic given the
+seed and the teacher cache, and a resumed run asks for exactly the same requests.
+
+:func:`run_search` runs many questions concurrently under the teacher client's request limit and appends each
+finished tree to the run store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from trace_forge.errors import DataError, TraceForgeError
+from trace_forge.grounding import Frame, ImageGeometry, Point, Step
+from trace_forge.grounding.format import format_point, parse_response
+from trace_forge.search.store import RunStore
+from trace_forge.search.tree import Node, Rollout, Tree, backup, select
+from trace_forge.tasks import AnswerKind, Sample, Task
+from trace_forge.tasks.prompts import PROMPT_VERSION, prompts_for
+from trace_forge.tasks.scoring import parse_point as parse_answer_point
+from trace_forge.teachers import Completion, ImageRef, Message, SamplingParams, TeacherClient
+from trace_forge.teachers.errors import TeacherError, TeacherFormatError
+
+__all__ = ["SearchConfig", "QuestionSearch", "SearchResult", "RunSummary", "run_search"]
+
+log = logging.getLogger(__name__)
+
+# The teacher writes points in pixels of the image as it was sent, which the client's geometry calls `model`.
+TEACHER_FRAME = Frame.MODEL
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Search parameters. Defaults follow ViGoRL (``vigorl-paper.md``, Table A4 and the released script).
+
+    Attributes:
+        simulations: simulations per question (released script: 8; paper: 20).
+        c: UCB exploration constant (paper and script: 2.0).
+        children: samples per expansion (3).
+        rollouts: rollouts per new child (2).
+        max_depth: deepest tree level; an answer is forced there (10).
+        rollout_max_steps: ephemeral steps per rollout, the last one forced to answer (5).
+        temperature, top_p, max_tokens: teacher sampling (1.0, 1.0, 512 tokens per step).
+        seed: base of every request's seed.
+        max_calls: per-question budget of teacher requests that reached the server (cache hits are free).
+        max_tokens_total: per-question budget of prompt + completion tokens.
+        stop_after_correct: end a question's search once this many correct trajectories exist.
+    """
+
+    simulations: int = 8
+    c: float = 2.0
+    children: int = 3
+    rollouts: int = 2
+    max_depth: int = 10
+    rollout_max_steps: int = 5
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 512
+    seed: int = 0
+    max_calls: int | None = None
+    max_tokens_total: int | None = None
+    stop_after_correct: int | None = None
+
+    def __post_init__(self) -> None:
+        from trace_forge.errors import ConfigError
+
+        bad = [
+            f"{name}={getattr(self, name)}"
+            for name in ("simulations", "children", "rollouts", "max_depth", "rollout_max_steps", "max_tokens")
+            if getattr(self, name) < 1
+        ]
+        if self.c < 0:
+            bad.append(f"c={self.c}")
+        if bad:
+            raise ConfigError("invalid search parameters (need positive counts, c >= 0): " + ", ".join(bad))
+
+
+@dataclass
+class QuestionStats:
+    """What one question's search cost and found."""
+
+    requests: int = 0  # generate() calls that reached the server (not fully cached)
+    completions: int = 0
+    cached: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    dead: int = 0  # samples that were neither a one-point step nor an answer
+    dropped_repeats: int = 0  # children whose point repeated their path or a sibling
+    simulations: int = 0
+    stopped: str = "simulations"  # or "budget", "enough_correct"
+    seconds: float = 0.0
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class SearchResult:
+    tree: Tree
+    stats: QuestionStats
+    image_size: tuple[int, int] = (0, 0)  # the canvas, in the pixel frame of every stored point
+
+    @property
+    def correct(self) -> int:
+        """Correct trajectories: rollouts and terminal nodes with reward >= 1."""
+        return sum(r.reward >= 1 for n in self.tree.nodes for r in n.rollouts) + sum(
+            n.terminal and (n.reward or 0) >= 1 for n in self.tree.nodes
+        )
+
+
+@dataclass
+class _Read:
+    """One teacher sample, interpreted: a step, an answer (with its score), or nothing usable."""
+
+    step: Step | None = None
+    answer: str | None = None
+    reward: float = 0.0
+    problem: str | None = None
+
+
+class QuestionSearch:
+    """The search of one question. Create one per question and ``await run()``.
+
+    Args:
+        sample: the question.
+        task: its task (verifier and prompts).
+        client: the teacher client (shared by all questions of a run).
+        config: search parameters.
+    """
+
+    def __init__(self, sample: Sample, task: Task, client: TeacherClient, config: SearchConfig) -> None:
+        self.sample = sample
+        self.task = task
+        self.client = client
+        self.config = config
+        self.prompts = prompts_for(sample.answer_kind)
+        self.image = ImageRef(sample.canvas())
+        self.geometry: ImageGeometry = client.geometry(self.image)
+        self.system = Message("system", (self.prompts.teacher_system(),))
+        self.tree = Tree()
+        self.stats = QuestionStats()
+
+    # --- the loop ----------------------------------------------------------------------------------------------
+
+    async def run(self) -> SearchResult:
+        cfg, tree = self.config, self.tree
+        start = time.monotonic()
+        for _ in range(cfg.simulations):
+            if stop := self._should_stop():
+                self.stats.stopped = stop
+                break
+            self.stats.simulations += 1
+            node = select(tree, cfg.c)
+            if node.terminal:
+                backup(tree, node, node.reward or 0.0)
+                continue
+            if node.expanded:  # every sample of its expansion was dead or a repeat: a dead end
+                backup(tree, node, 0.0)
+                continue
+            children = await self._expand(node)
+            rewards = await asyncio.gather(*(self._evaluate(child) for child in children))
+            for child, child_rewards in zip(children, rewards, strict=True):
+                for r in child_rewards:
+                    backup(tree, child, r)
+        self.stats.seconds = round(time.monotonic() - start, 3)
+        return SearchResult(tree, self.stats, (self.geometry.width, self.geometry.height))
+
+    def _should_stop(self) -> str | None:
+        cfg, s = self.config, self.stats
+        if (cfg.max_calls is not None and s.requests >= cfg.max_calls) or (
+            cfg.max_tokens_total is not None and s.tokens >= cfg.max_tokens_total
+        ):
+            return "budget"
+        if cfg.stop_after_correct is not None and SearchResult(self.tree, s).correct >= cfg.stop_after_correct:
+            return "enough_correct"
+        return None
+
+    async def _expand(self, node: Node) -> list[Node]:
+        """Ask for ``children`` next steps after ``node``; add the usable, non-repeating ones as children."""
+        force = node.depth + 1 >= self.config.max_depth
+        prior = self.tree.steps_to(node)
+        samples = await self._generate(prior, force, n=self.config.children, seed=self._seed("expand", node.id))
+        used = {self._teacher_xy(s.point) for s in prior}
+        children = []
+        for comp in samples:
+            read = self._read(comp.text, force)
+            if read.answer is not None:
+                children.append(self.tree.add_child(node, answer=read.answer, reward=read.reward))
+            elif read.step is None:
+                self.stats.dead += 1
+            elif (xy := self._teacher_xy(read.step.point)) in used:
+                self.stats.dropped_repeats += 1
+            else:
+                used.add(xy)
+                children.append(self.tree.add_child(node, step=read.step))
+        node.expanded = True
+        return children
+
+    async def _evaluate(self, child: Node) -> list[float]:
+        """Rewards to back up for a new child: its own score if terminal, else those of its rollouts."""
+        if child.terminal:
+            return [child.reward or 0.0]
+        cfg = self.config
+        prior = self.tree.steps_to(child)
+        max_steps = max(1, min(cfg.rollout_max_steps, cfg.max_depth - child.depth))
+        first = await self._generate(prior, max_steps == 1, n=cfg.rollouts, seed=self._seed("rollout", child.id))
+        child.rollouts = list(
+            await asyncio.gather(*(self._continue(child, j, first[j], max_steps) for j in range(cfg.rollouts)))
+        )
+        return [r.reward for r in child.rollouts]
+
+    async def _continue(self, child: Node, j: int, comp: Completion, max_steps: int) -> Rollout:
+        """Rollout ``j`` of ``child``: keep asking for steps until an answer or the forced last step."""
+        prior = self.tree.steps_to(child)
+        steps: list[Step] = []
+        for t in range(1, max_steps + 1):
+            if t > 1:
+                (comp,) = await self._generate(
+                    prior + steps, t == max_steps, n=1, seed=self._seed("rollout", child.id, j, t)
+                )
+            read = self._read(comp.text, t == max_steps)
+            if read.answer is not None:
+                return Rollout(steps, read.answer, read.reward, forced=t == max_steps, answered=True)
+            if read.step is not None:
+                steps.append(read.step)
+            else:
+                self.stats.dead += 1
+        # Never answered: judge the last text, as the reference does, so the rollout still informs the tree.
+        answer, reward = self._judge(_strip_tags(comp.text))
+        return Rollout(steps, answer, reward, forced=True, answered=False)
+
+    # --- teacher I/O ---------------------------------------------------------------------------------------------
+
+    async def _generate(self, prior: list[Step], force: bool, *, n: int, seed: int) -> list[Completion]:
+        texts = [s.to(TEACHER_FRAME, self.geometry).text for s in prior]
+        user: list[str | ImageRef] = [self.image, self.prompts.teacher_user(self.sample, texts)]
+        if force:
+            user.append("\n\n" + self.prompts.teacher_force_answer())
+        cfg = self.config
+        params = SamplingParams(
+            n=n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=seed
+        )
+        try:
+            comps = await self.client.generate([self.system, Message("user", tuple(user))], params)
+        except TeacherFormatError:
+            # A malformed reply is a dead node, not a failed question: the search goes on without it.
+            self.stats.dead += n
+            return [Completion("", "error")] * n
+        s = self.stats
+        fresh = [c for c in comps if not c.cached]
+        s.requests += bool(fresh)
+        s.completions += len(fresh)
+        s.cached += len(comps) - len(fresh)
+        s.prompt_tokens += sum(c.prompt_tokens for c in fresh)
+        s.completion_tokens += sum(c.completion_tokens for c in fresh)
+        return comps
+
+    def _read(self, text: str, force: bool) -> _Read:
+        """Interpret one teacher sample as a step or an answer; points come back in the pixel frame."""
+        parsed = parse_response(text, geometry=self.geometry, frame=TEACHER_FRAME, expect="step")
+        if parsed.answer is not None and parsed.answer.strip():
+            answer, reward = self._judge(parsed.answer)
+            return _Read(answer=answer, reward=reward)
+        if force:
+            return _Read(problem="no_answer")
+        if len(parsed.think) != 1 or len(parsed.steps) != 1:
+            # A step anchors exactly one point; text with several would mix frames once converted.
+            return _Read(problem="not_one_point")
+        step = Step(parsed.think[0], parsed.steps[0].point)
+        if not self.geometry.contains(step.point.x, step.point.y, TEACHER_FRAME):
+            return _Read(problem="point_outside_image")
+        return _Read(step=step.to(Frame.PIXEL, self.geometry))
+
+    def _judge(self, answer: str) -> tuple[str, float]:
+        """The stored answer text and its 0/1 score; point answers are converted to the pixel frame first."""
+        if self.sample.answer_kind is AnswerKind.POINT:
+            xy = parse_answer_point(answer)
+            if xy is None:
+                return answer, 0.0
+            point = Point(*xy, TEACHER_FRAME).to(Frame.PIXEL, self.geometry)
+            return format_point(point), float(self.task.score(self.sample, point))
+        return answer, float(self.task.score(self.sample, answer))
+
+    def _teacher_xy(self, point: Point) -> tuple[int, int]:
+        return point.to(TEACHER_FRAME, self.geometry).rounded()
+
+    def _seed(self, *parts: object) -> int:
+        key = "/".join(map(str, (self.config.seed, self.sample.task, self.sample.id, *parts)))
+        return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") >> 1
+
+
+def _strip_tags(text: str) -> str:
+    for tag in ("<think>", "</think>", "<answer>", "</answer>"):
+        text = text.replace(tag, " ")
+    return " ".join(text.split())
+
+
+# --- a whole run ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunSummary:
+    """Counts of one :func:`run_search` call (questions finished here, not earlier runs)."""
+
+    done: int = 0
+    with_correct: int = 0
+    failed: int = 0
+    skipped: int = 0  # already finished in the store (resume)
+    failures: list[str] = field(default_factory=list)
+
+
+def record_of(sample: Sample, result: SearchResult, client: TeacherClient) -> dict[str, Any]:
+    """The trees.jsonl line for a finished question (see :mod:`trace_forge.search.store`)."""
+    teacher = {**client.teacher.describe(), "simulated": client.teacher.name == "sim"}
+    return {
+        "question_id": sample.id,
+        "task": sample.task,
+        "category": sample.category,
+        "answer_kind": sample.answer_kind.value,
+        "answer": sample.answer,
+        "target_boxes": [b.to_list() for b in sample.target_boxes],
+        "image_size": list(result.image_size),
+        "teacher": teacher,
+        "prompt_version": PROMPT_VERSION,
+        "tree": result.tree.to_dict(),
+        "stats": {**asdict(result.stats), "correct": result.correct},
+    }
+
+
+async def run_search(
+    samples: Iterable[Sample],
+    task: Task,
+    client: TeacherClient,
+    config: SearchConfig,
+    store: RunStore,
+    *,
+    questions_in_flight: int | None = None,
+    max_failure_rate: float = 0.5,
+    on_done: Callable[[Sample, SearchResult | None], None] | None = None,
+) -> RunSummary:
+    """Search every sample not already in ``store``, many questions at once, appending each finished tree.
+
+    Args:
+        samples: questions to search (already sharded/limited by the caller).
+        task: their task.
+        client: teacher client; its concurrency limit bounds requests in flight across all questions.
+        config: search parameters.
+        store: run directory; finished questions are skipped (resume).
+        questions_in_flight: trees searched at once; by default enough to keep the client's request limit
+            busy (each tree has up to ``children x rollouts`` requests in flight during rollouts).
+        max_failure_rate: abort once more than this share of the questions attempted (after the first 10)
+            failed for good: a dead server should stop the run, not burn through the dataset.
+        on_done: called after each question (None result: it failed), for progress displays.
+
+    Returns:
+        counts of this call's work.
+    """
+    finished = store.finished()
+    summary = RunSummary()
+    if questions_in_flight is None:
+        per_tree = config.children * config.rollouts
+        questions_in_flight = max(4, 2 * -(-client.config.concurrency // per_tree))
+    queue: asyncio.Queue[Sample | None] = asyncio.Queue(maxsize=2 * questions_in_flight)
+    abort: list[TraceForgeError] = []
+
+    async def worker() -> None:
+        while (sample := await queue.get()) is not None:
+            if abort:
+                continue
+            try:
+                result = await QuestionSearch(sample, task, client, config).run()
+            except (TeacherError, DataError) as e:
+                if isinstance(e, TeacherError) and not getattr(e, "retryable", True) and e.status in (401, 403):
+                    abort.append(e)  # bad credentials fail every question: stop at once
+                log.warning("question %s failed: %s", sample.id, e)
+                store.append_error({"question_id": sample.id, "error": type(e).__name__, "message": str(e)})
+                summary.failed += 1
+                summary.failures.append(sample.id)
+                attempted = summary.done + summary.failed
+                if attempted >= 10 and summary.failed / attempted > max_failure_rate:
+                    abort.append(
+                        TraceForgeError(
+                            f"{summary.failed} of {attempted} questions failed (last: {e}); stopping the run. "
+                            "Check the teacher server; --resume continues where this stopped."
+                        )
+                    )
+                if on_done:
+                    on_done(sample, None)
+                continue
+            store.append(record_of(sample, result, client))
+            summary.done += 1
+            summary.with_correct += result.correct > 0
+            if on_done:
+                on_done(sample, result)
+
+    workers = [asyncio.create_task(worker()) for _ in range(questions_in_flight)]
+    try:
+        for sample in samples:
+            if sample.id in finished:
+                summary.skipped += 1
+                continue
+            if abort:
+                break
+            await queue.put(sample)
+    finally:
+        for _ in workers:
+            await queue.put(None)
+        await asyncio.gather(*workers)
+    if abort:
+        raise abort[0]
+    return summary

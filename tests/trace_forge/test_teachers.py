@@ -1,0 +1,535 @@
+"""Teacher interface, runtime, cache, images and usage, through the real SDK clients against loopback fakes."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import random
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.trace_forge.fake_servers import (
+    FakeAnthropicServer,
+    FakeOpenAIServer,
+    Reply,
+    dropped,
+    hang,
+    malformed,
+    rate_limited,
+    server_error,
+)
+from trace_forge.errors import ConfigError
+from trace_forge.grounding.frames import Resize
+from trace_forge.teachers import (
+    Completion,
+    ImageEncoder,
+    ImageRef,
+    Message,
+    RateLimited,
+    ResponseCache,
+    RuntimeConfig,
+    SamplingParams,
+    Teacher,
+    TeacherClient,
+    TeacherFormatError,
+    TeacherRejected,
+    TeacherTimeout,
+    TeacherUnavailable,
+    Usage,
+    build_client,
+    load_price_table,
+    make_teacher,
+    register_backend,
+    register_teacher,
+)
+from trace_forge.teachers.cache import request_key
+from trace_forge.teachers.errors import error_for_status
+
+FAST = RuntimeConfig(timeout_s=2.0, max_retries=2, backoff_base_s=0.01, backoff_max_s=0.05)
+
+
+class RecordingSleep:
+    """Stands in for asyncio.sleep: records each delay and returns at once."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+        await asyncio.sleep(0)
+
+
+@pytest.fixture(autouse=True)
+def _no_real_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Local servers need no key; a developer's real key must never reach a test server.
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+
+
+def client_for(
+    name: str,
+    *urls: str,
+    config: RuntimeConfig = FAST,
+    sleep: RecordingSleep | None = None,
+    cache: ResponseCache | None = None,
+    resize: Resize | None = None,
+    model: str = "test-model",
+) -> TeacherClient:
+    teacher = make_teacher(name, model, urls, encoder=ImageEncoder(resize))
+    kwargs = {"sleep": sleep} if sleep is not None else {}
+    return TeacherClient(teacher, config, cache=cache, rng=random.Random(0), **kwargs)
+
+
+def ask(client: TeacherClient, chats: list[list[Message]], params: SamplingParams) -> list[list[Completion]]:
+    """Run the chats concurrently through the client and close it."""
+
+    async def go() -> list[list[Completion]]:
+        async with client:
+            return list(await asyncio.gather(*(client.generate(c, params) for c in chats)))
+
+    return asyncio.run(go())
+
+
+def ask_one(client: TeacherClient, params: SamplingParams | None = None, text: str = "Where is the dot?"):
+    return ask(client, [user(text)], params or SamplingParams())[0]
+
+
+def user(text: str, *images: Image.Image | ImageRef | Path) -> list[Message]:
+    return [Message("user", (*images, text))]
+
+
+def dot_image(size: tuple[int, int] = (640, 480), dot: tuple[int, int] = (100, 50)) -> Image.Image:
+    image = Image.new("RGB", size, (30, 60, 90))
+    image.putpixel(dot, (255, 0, 0))
+    return image
+
+
+# --- success paths ---------------------------------------------------------------------------------------------
+
+
+def test_openai_success_sends_params_and_reads_text_usage_finish_reason() -> None:
+    with FakeOpenAIServer() as server:
+        client = client_for("openai", server.base_url)
+        chat = [Message("system", ("Be brief.",)), *user("Where is the dot?", dot_image())]
+        params = SamplingParams(n=1, temperature=0.3, top_p=0.9, max_tokens=64, stop=("</think>",), seed=7, top_k=20)
+        [[reply]] = ask(client, [chat], params)
+
+    assert reply == Completion("reply 0.0", "stop", prompt_tokens=16, completion_tokens=2, cached=False)
+    body = server.requests[0].body
+    assert body["model"] == "test-model"
+    assert (body["n"], body["temperature"], body["top_p"], body["max_tokens"]) == (1, 0.3, 0.9, 64)
+    assert (body["stop"], body["seed"], body["top_k"]) == (["</think>"], 7, 20)
+    assert "repetition_penalty" not in body  # vLLM extras are omitted when None
+    assert body["messages"][0] == {"role": "system", "content": "Be brief."}
+    assert [p["type"] for p in body["messages"][1]["content"]] == ["image_url", "text"]
+    assert client.usage.snapshot()["prompt_tokens"] == 16
+
+
+def test_openai_n_is_one_request_and_tokens_are_shared_exactly() -> None:
+    with FakeOpenAIServer() as server:
+        client = client_for("openai", server.base_url)
+        replies = ask_one(client, SamplingParams(n=3))
+    assert server.request_count == 1 and server.requests[0].n == 3
+    assert [r.text for r in replies] == ["reply 0.0", "reply 0.1", "reply 0.2"]
+    # The call billed 4 prompt tokens once and 6 completion tokens; shares sum to exactly that.
+    assert sum(r.prompt_tokens for r in replies) == 4 and sum(r.completion_tokens for r in replies) == 6
+    assert (client.usage.requests, client.usage.completions, client.usage.short_n) == (1, 3, 0)
+
+
+def test_server_ignoring_n_is_topped_up_and_learned() -> None:
+    with FakeOpenAIServer(honour_n=False) as server:
+        client = client_for("openai", server.base_url)
+
+        async def go() -> tuple[list[Completion], list[Completion]]:
+            async with client:
+                first = await client.generate(user("a"), SamplingParams(n=3, seed=7))
+                second = await client.generate(user("b"), SamplingParams(n=2))
+                return first, second
+
+        first, second = asyncio.run(go())
+    assert len(first) == 3 and len({r.text for r in first}) == 3
+    assert [r.n for r in server.requests[:3]] == [3, 1, 1]
+    # Samples split over calls get distinct seeds (seed + first sample index), or they would repeat.
+    assert sorted(r.body["seed"] for r in server.requests[:3]) == [7, 8, 9]
+    assert client.usage.short_n == 1
+    # Once the cap is known, n=2 goes straight out as two single calls, with no short reply.
+    assert len(second) == 2 and [r.n for r in server.requests[3:]] == [1, 1]
+    assert server.request_count == 5 and client.usage.short_n == 1
+
+
+def test_anthropic_success_and_n_as_concurrent_calls() -> None:
+    with FakeAnthropicServer(latency_s=0.05) as server:
+        client = client_for("anthropic", server.base_url)
+        chat = [Message("system", ("Be brief.",)), *user("Where?", dot_image())]
+        [replies] = ask(client, [chat], SamplingParams(n=3, stop=("</answer>",), top_k=5))
+    assert server.request_count == 3 and server.max_in_flight == 3
+    assert sorted(r.text for r in replies) == ["reply 0.0", "reply 1.0", "reply 2.0"]
+    assert all(r.finish_reason == "stop" and r.completion_tokens == 2 for r in replies)
+    body = server.requests[0].body
+    assert body["system"] == "Be brief." and all(m["role"] != "system" for m in body["messages"])
+    assert (body["stop_sequences"], body["top_k"]) == (["</answer>"], 5)
+    assert "top_p" not in body and "temperature" not in body and "seed" not in body  # API defaults: omitted
+    assert body["messages"][0]["content"][0]["source"]["media_type"] == "image/png"
+    assert client.usage.prompt_tokens == 3 * (2 + 1 + 10)  # each call bills its own prompt: words + 10 per image
+
+
+def test_anthropic_rejects_repetition_penalty() -> None:
+    with FakeAnthropicServer() as server:
+        client = client_for("anthropic", server.base_url)
+        with pytest.raises(ConfigError, match="repetition_penalty"):
+            ask_one(client, SamplingParams(repetition_penalty=1.1))
+    assert server.request_count == 0
+
+
+# --- faults and retries ----------------------------------------------------------------------------------------
+
+
+def test_429_waits_retry_after_then_succeeds() -> None:
+    sleep = RecordingSleep()
+    with FakeOpenAIServer(faults=[rate_limited(0.2)]) as server:
+        [reply] = ask_one(client_for("openai", server.base_url, sleep=sleep))
+    assert reply.text == "reply 1.0"
+    assert sleep.delays == [0.2]
+    assert server.request_count == 2
+
+
+def test_429_real_wait_and_counts() -> None:
+    with FakeOpenAIServer(faults=[rate_limited(0.2)]) as server:
+        client = client_for("openai", server.base_url)
+        start = time.monotonic()
+        ask_one(client)
+        elapsed = time.monotonic() - start
+    assert 0.2 <= elapsed < 1.5
+    assert (client.usage.retries, client.usage.requests) == (1, 2)
+    assert client.usage.errors == {"rate_limited": 1} and not client.usage.failures
+    assert server.requests[1].arrived - server.requests[0].arrived >= 0.2
+
+
+def test_retry_after_is_capped() -> None:
+    sleep = RecordingSleep()
+    config = RuntimeConfig(timeout_s=2, max_retries=1, retry_after_cap_s=0.5)
+    with FakeOpenAIServer(faults=[rate_limited(3600)]) as server:
+        ask_one(client_for("openai", server.base_url, config=config, sleep=sleep))
+    assert sleep.delays == [0.5]
+
+
+@pytest.mark.parametrize("fault", [server_error(500), server_error(503), dropped()], ids=["500", "503", "reset"])
+def test_server_errors_and_resets_are_retried_with_backoff(fault: Reply) -> None:
+    sleep = RecordingSleep()
+    with FakeOpenAIServer(faults=[fault]) as server:
+        client = client_for("openai", server.base_url, sleep=sleep)
+        [reply] = ask_one(client)
+    assert reply.text == "reply 1.0" and server.request_count == 2
+    assert client.usage.errors == {"unavailable": 1} and client.usage.retries == 1
+    assert len(sleep.delays) == 1 and 0.75 * 0.01 <= sleep.delays[0] <= 0.01  # base delay less jitter
+
+
+def test_hang_is_cancelled_at_timeout_and_retried() -> None:
+    config = RuntimeConfig(timeout_s=0.2, max_retries=2, backoff_base_s=0.01)
+    with FakeOpenAIServer(faults=[hang(30)]) as server:
+        client = client_for("openai", server.base_url, config=config)
+        start = time.monotonic()
+        [reply] = ask_one(client)
+        elapsed = time.monotonic() - start
+    assert reply.text == "reply 1.0"
+    assert elapsed < 2.0  # the hung call was cancelled at 0.2 s, not waited out
+    assert client.usage.errors == {"timeout": 1} and client.usage.retries == 1 and client.usage.requests == 2
+
+
+def test_permanent_hang_raises_teacher_timeout_after_max_retries() -> None:
+    config = RuntimeConfig(timeout_s=0.15, max_retries=2, backoff_base_s=0.01)
+    with FakeOpenAIServer(script=lambda req: hang(30)) as server:
+        client = client_for("openai", server.base_url, config=config)
+        start = time.monotonic()
+        with pytest.raises(TeacherTimeout, match="0.15s"):
+            ask_one(client)
+        elapsed = time.monotonic() - start
+    assert elapsed < 2.0
+    assert server.request_count == 3
+    u = client.usage
+    assert (u.requests, u.retries, u.completions) == (3, 2, 0)
+    assert u.errors == {"timeout": 3} and u.failures == {"timeout": 1}
+
+
+def test_permanent_500_raises_unavailable_with_cause() -> None:
+    with FakeOpenAIServer(script=lambda req: server_error(502)) as server:
+        client = client_for("openai", server.base_url)
+        with pytest.raises(TeacherUnavailable) as info:
+            ask_one(client)
+    assert info.value.status == 502 and info.value.__cause__ is not None
+    assert server.request_count == 3 and client.usage.failures == {"unavailable": 1}
+
+
+def test_malformed_json_is_a_counted_format_error_not_retried() -> None:
+    with FakeOpenAIServer(faults=[malformed()]) as server:
+        client = client_for("openai", server.base_url)
+
+        async def go() -> list[Completion]:
+            async with client:
+                with pytest.raises(TeacherFormatError, match="malformed"):
+                    await client.generate(user("a"))
+                return await client.generate(user("b"))  # the client keeps working
+
+        [reply] = asyncio.run(go())
+    assert reply.text == "reply 1.0" and server.request_count == 2
+    u = client.usage
+    assert (u.retries, u.errors, u.failures) == (0, {"format": 1}, {"format": 1})
+
+
+@pytest.mark.parametrize("server_cls", [FakeOpenAIServer, FakeAnthropicServer])
+def test_empty_reply_is_a_format_error(server_cls: type) -> None:
+    with server_cls() as server:
+        server.faults.append(server.empty())
+        name = "openai" if server_cls is FakeOpenAIServer else "anthropic"
+        client = client_for(name, server.base_url)
+        with pytest.raises(TeacherFormatError, match="no (choices|text)"):
+            ask_one(client)
+    assert server.request_count == 1 and client.usage.failures == {"format": 1}
+
+
+def test_client_errors_are_not_retried() -> None:
+    with FakeOpenAIServer(faults=[Reply(401, {"error": {"message": "bad key"}})]) as server:
+        client = client_for("openai", server.base_url)
+        with pytest.raises(TeacherRejected, match="401"):
+            ask_one(client)
+    assert server.request_count == 1 and client.usage.retries == 0
+
+
+def test_anthropic_sdk_errors_are_translated_and_retried() -> None:
+    sleep = RecordingSleep()
+    with FakeAnthropicServer(faults=[rate_limited(0.1), server_error(529)]) as server:
+        client = client_for("anthropic", server.base_url, sleep=sleep)
+        [reply] = ask_one(client)
+    assert reply.text == "reply 2.0" and server.request_count == 3
+    assert client.usage.errors == {"rate_limited": 1, "unavailable": 1} and sleep.delays[0] == 0.1
+
+
+@pytest.mark.parametrize(
+    ("status", "cls"),
+    [(429, RateLimited), (408, TeacherTimeout), (409, TeacherUnavailable), (503, TeacherUnavailable),
+     (400, TeacherRejected), (404, TeacherRejected)],
+)
+def test_error_for_status(status: int, cls: type) -> None:
+    error = error_for_status(status, {"Retry-After": "3"}, "x")
+    assert type(error) is cls and error.status == status and error.retry_after == 3.0
+
+
+def test_backoff_is_exponential_capped_and_jittered() -> None:
+    config = RuntimeConfig(backoff_base_s=0.5, backoff_max_s=4.0, retry_after_cap_s=10)
+    rng = random.Random(1)
+    delays = [config.backoff(i, None, rng) for i in range(6)]
+    for i, d in enumerate(delays):
+        nominal = min(4.0, 0.5 * 2**i)
+        assert 0.75 * nominal <= d <= nominal
+    assert config.backoff(0, 7.0, rng) == 7.0 and config.backoff(0, 99.0, rng) == 10
+
+
+def test_runtime_config_validation() -> None:
+    with pytest.raises(ConfigError, match="concurrency=0.*timeout_s=0"):
+        RuntimeConfig(concurrency=0, timeout_s=0)
+    with pytest.raises(ConfigError, match="top_p"):
+        SamplingParams(top_p=0)
+
+
+# --- limits and replicas ---------------------------------------------------------------------------------------
+
+
+def test_concurrency_limit_is_respected_and_reached() -> None:
+    config = RuntimeConfig(concurrency=3, timeout_s=5)
+    with FakeOpenAIServer(latency_s=0.05) as server:
+        client = client_for("openai", server.base_url, config=config)
+        replies = ask(client, [user(f"q{i}") for i in range(12)], SamplingParams())
+    assert len(replies) == 12 and server.request_count == 12
+    assert server.max_in_flight == 3
+
+
+def test_requests_per_second_spaces_request_starts() -> None:
+    config = RuntimeConfig(requests_per_second=40, timeout_s=5)
+    with FakeOpenAIServer() as server:
+        ask(client_for("openai", server.base_url, config=config), [user(f"q{i}") for i in range(5)], SamplingParams())
+    arrivals = sorted(r.arrived for r in server.requests)
+    assert arrivals[-1] - arrivals[0] >= 4 / 40 - 0.01
+
+
+def test_load_is_spread_over_replicas() -> None:
+    config = RuntimeConfig(concurrency=8, timeout_s=5)
+    with FakeOpenAIServer(latency_s=0.05) as a, FakeOpenAIServer(latency_s=0.05) as b:
+        client = client_for("openai", a.base_url, b.base_url, config=config)
+        ask(client, [user(f"q{i}") for i in range(8)], SamplingParams())
+    assert (a.request_count, b.request_count) == (4, 4)
+
+
+# --- cache -----------------------------------------------------------------------------------------------------
+
+
+def test_second_run_with_the_cache_sends_no_requests(tmp_path: Path) -> None:
+    chats = [user(f"q{i}", dot_image()) for i in range(3)]
+    with FakeOpenAIServer() as first:
+        cold = ask(client_for("openai", first.base_url, cache=ResponseCache(tmp_path / "c.sqlite")), chats,
+                   SamplingParams(n=2))
+    with FakeOpenAIServer() as second:
+        client = client_for("openai", second.base_url, cache=ResponseCache(tmp_path / "c.sqlite"))
+        warm = ask(client, chats, SamplingParams(n=2))
+    assert first.request_count == 3 and second.request_count == 0
+    assert [[r.text for r in rs] for rs in warm] == [[r.text for r in rs] for rs in cold]
+    assert all(r.cached and r.prompt_tokens == 0 for rs in warm for r in rs)
+    assert client.usage.cache_hits == 6 and client.usage.requests == 0
+
+
+def test_partially_cached_n_requests_only_the_missing_samples(tmp_path: Path) -> None:
+    with FakeOpenAIServer() as server:
+        first = ask_one(client_for("openai", server.base_url, cache=ResponseCache(tmp_path / "c.sqlite")),
+                        SamplingParams(n=2))
+        client = client_for("openai", server.base_url, cache=ResponseCache(tmp_path / "c.sqlite"))
+        more = ask_one(client, SamplingParams(n=3))
+    assert server.request_count == 2 and server.requests[1].n == 1
+    assert [r.text for r in more[:2]] == [r.text for r in first] and more[2].text == "reply 1.0"
+    assert [r.cached for r in more] == [True, True, False] and client.usage.cache_hits == 2
+
+
+def test_request_key_ignores_n_and_image_identity_but_not_content_or_params() -> None:
+    encoder = ImageEncoder()
+
+    def key(chat: list[Message], params: SamplingParams) -> str:
+        return request_key("openai", "m", chat, params, lambda ref: encoder.encode(ref).sha256)
+
+    base = key(user("q", dot_image()), SamplingParams(n=1))
+    assert key(user("q", dot_image()), SamplingParams(n=5)) == base
+    assert key(user("q", dot_image(dot=(1, 1))), SamplingParams()) != base
+    assert key(user("q", dot_image()), SamplingParams(temperature=0.5)) != base
+    assert key(user("q2", dot_image()), SamplingParams()) != base
+
+
+def test_cache_is_wal_and_safe_for_concurrent_writers(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    caches = [ResponseCache(path, busy_timeout_s=10) for _ in range(4)]
+
+    def write(w: int) -> None:
+        for i in range(50):
+            caches[w].put_many(f"k{w}-{i}", {0: Completion(f"t{w}-{i}", "stop"), 1: Completion("x", None)})
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(caches[0]) == 400
+    assert caches[1].get_many("k3-49", [0, 1, 2])[0].text == "t3-49"
+    for c in caches:
+        c.close()
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+# --- keys, images, usage, registry -----------------------------------------------------------------------------
+
+
+def test_api_key_never_logged_or_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = "sk-test-SECRET-4242"
+    monkeypatch.setenv("MY_TEACHER_KEY", secret)
+    caplog.set_level(logging.DEBUG)  # every logger, the SDKs' and httpx's included
+    # Request 0 is rate limited (a logged retry), request 1 succeeds, request 2 is malformed (a logged failure).
+    with FakeOpenAIServer(faults=[rate_limited(0)], script=lambda r: malformed() if r.index == 2 else None) as server:
+        client = build_client("openai", "gpt-4o", [server.base_url], api_key_env="MY_TEACHER_KEY",
+                              config=FAST, cache_path=tmp_path / "run" / "cache.sqlite")
+
+        async def go() -> None:
+            async with client:
+                await client.generate(user("a", dot_image()), SamplingParams(n=2))
+                with pytest.raises(TeacherFormatError):
+                    await client.generate(user("b"))
+
+        asyncio.run(go())
+    assert server.requests[0].headers["authorization"] == f"Bearer {secret}"  # the key was really used
+    assert "retry" in caplog.text and secret not in caplog.text
+    for f in (tmp_path / "run").iterdir():
+        assert secret.encode() not in f.read_bytes(), f
+    assert secret not in repr(client) + repr(client.teacher) + json.dumps(client.snapshot())
+
+
+def test_missing_key_errors_name_the_variable_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match="NOPE_KEY"):
+        make_teacher("openai", "m", ["http://127.0.0.1:1/v1"], api_key_env="NOPE_KEY")
+    with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
+        make_teacher("openai", "gpt-4o")  # the real API needs a key; only --base-url servers default to EMPTY
+
+
+def test_image_is_encoded_once_resized_and_sent_identically(tmp_path: Path) -> None:
+    image = dot_image((640, 480), dot=(320, 240))
+    image.save(tmp_path / "same.png")
+    resize = Resize(max_pixels=50_000)
+    refs = [ImageRef(image), ImageRef(image), ImageRef(image.copy()), ImageRef(tmp_path / "same.png")]
+    with FakeOpenAIServer() as server:
+        client = client_for("openai", server.base_url, resize=resize)
+        chats = [user(f"q{i}", ref) for i, ref in enumerate(refs)] + [user("again", refs[0])]
+        ask(client, chats, SamplingParams())
+    assert client.teacher.encoder.encodes == 1
+    sent = {r.images[0] for r in server.requests}
+    assert len(sent) == 1 and server.request_count == 5
+    with Image.open(io.BytesIO(sent.pop())) as im:
+        assert im.size == resize.model_size(640, 480) == (252, 168)
+    geometry = client.geometry(refs[3])
+    x, y = geometry.convert(125.5, 83.5, "model", "pixel")  # the centre of the sent image (cell centres)...
+    assert (round(x, 6), round(y, 6)) == (319.5, 239.5)  # ...is the centre of the original
+    assert client.snapshot()["coordinate_frame"] == "model" and client.snapshot()["images_encoded"] == 1
+
+
+def test_usage_percentiles_and_cost(tmp_path: Path) -> None:
+    u = Usage("gpt-4o-mini-2024-07-18", prompt_tokens=1_000_000, completion_tokens=2_000_000,
+              latencies=[float(i) for i in range(1, 101)])
+    assert u.cost_usd() == pytest.approx(0.15 + 2 * 0.60)  # longest prefix: gpt-4o-mini, not gpt-4o
+    assert u.latency_percentiles() == {"p50": 50.0, "p90": 90.0, "p99": 99.0}
+    assert Usage("Qwen/Qwen2.5-VL-72B-Instruct", prompt_tokens=5).cost_usd() is None  # unknown, not free
+    table = tmp_path / "prices.json"
+    table.write_text(json.dumps({"Qwen/": {"input": 0.5, "output": 1.0}}))
+    local = Usage("Qwen/Qwen2.5-VL-72B-Instruct", prices=load_price_table(table), prompt_tokens=2_000_000)
+    assert local.cost_usd() == pytest.approx(1.0) and local.snapshot()["cost_usd"] == pytest.approx(1.0)
+    table.write_text(json.dumps({"x": {"input": "cheap"}}))
+    with pytest.raises(ConfigError, match="'x'"):
+        load_price_table(table)
+
+
+class _Echo(Teacher):
+    name = "echo-test"
+    supports_n = False
+
+    async def _generate(self, chat, params):
+        return [Completion(chat[-1].text, "stop")]
+
+
+def test_registry_custom_backends_and_errors() -> None:
+    register_teacher(_Echo)
+    client = TeacherClient(make_teacher("echo-test", "m"), FAST)
+    assert [r.text for r in ask_one(client, SamplingParams(n=2), text="hi")] == ["hi", "hi"]
+    with pytest.raises(ConfigError, match="does not accept"):
+        make_teacher("echo-test", "m", ["http://x/v1"])
+    with pytest.raises(ConfigError, match="unknown teacher 'nope'.*anthropic, .*openai"):
+        make_teacher("nope", "m")
+    register_backend("ghost-test", "trace_forge.teachers.no_such_module")
+    with pytest.raises(ConfigError, match="not available"):
+        make_teacher("ghost-test", "m")
+
+
+def test_teachers_package_imports_no_sdk_or_torch() -> None:
+    code = ("import sys, trace_forge.teachers, trace_forge.cli.teacher; "
+            "print(sorted(m for m in ('openai', 'anthropic', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_message_validation() -> None:
+    with pytest.raises(ValueError, match="user messages only"):
+        Message("system", (dot_image(), "x"))
+    with pytest.raises(ValueError, match="role"):
+        Message("tool", ("x",))  # type: ignore[arg-type]
+    assert Message("user", "plain").content == ("plain",)
