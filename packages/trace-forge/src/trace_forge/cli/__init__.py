@@ -12,7 +12,7 @@ import importlib
 from trace_forge.cli._app import app, run
 
 # Command modules register on `app` when imported.
-for _name in ("tasks", "teacher"):
+for _name in ("tasks", "teacher", "linearize", "search", "traces"):
     importlib.import_module(f"trace_forge.cli.{_name}")
 
 

@@ -34,6 +34,8 @@ def run(typer_app: typer.Typer) -> None:
 
     Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad input data, 130 interrupted.
     """
+    # The CLI draws its own progress; datasets' per-operation bars would interleave with it.
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     logging.basicConfig(
         level=os.environ.get("TRACE_FORGE_LOG", "WARNING").upper(),
         format="%(levelname)s %(name)s: %(message)s",
