@@ -366,8 +366,8 @@ async def run_search(
         client: teacher client; its concurrency limit bounds requests in flight across all questions.
         config: search parameters.
         store: run directory; finished questions are skipped (resume).
-        questions_in_flight: trees searched at once; by default enough to keep the client's request limit
-            busy (each tree has up to ``children x rollouts`` requests in flight during rollouts).
+        questions_in_flight: trees searched at once; by default the client's request limit, so the server stays
+            saturated even while most trees wait on a single expansion request (trees are cheap to hold).
         max_failure_rate: abort once more than this share of the questions attempted (after the first 10)
             failed for good: a dead server should stop the run, not burn through the dataset.
         on_done: called after each question (None result: it failed), for progress displays.
@@ -378,8 +378,7 @@ async def run_search(
     finished = store.finished()
     summary = RunSummary()
     if questions_in_flight is None:
-        per_tree = config.children * config.rollouts
-        questions_in_flight = max(4, 2 * -(-client.config.concurrency // per_tree))
+        questions_in_flight = max(4, client.config.concurrency)
     queue: asyncio.Queue[Sample | None] = asyncio.Queue(maxsize=2 * questions_in_flight)
     abort: list[TraceForgeError] = []
 
