@@ -353,11 +353,15 @@ def test_concurrency_limit_is_respected_and_reached() -> None:
 
 
 def test_requests_per_second_spaces_request_starts() -> None:
+    # A frozen clock and a recording sleep make the schedule exact, whatever the machine's load.
     config = RuntimeConfig(requests_per_second=40, timeout_s=5)
+    sleep = RecordingSleep()
     with FakeOpenAIServer() as server:
-        ask(client_for("openai", server.base_url, config=config), [user(f"q{i}") for i in range(5)], SamplingParams())
-    arrivals = sorted(r.arrived for r in server.requests)
-    assert arrivals[-1] - arrivals[0] >= 4 / 40 - 0.01
+        client = TeacherClient(make_teacher("openai", "test-model", (server.base_url,)), config,
+                               sleep=sleep, clock=lambda: 100.0, rng=random.Random(0))
+        ask(client, [user(f"q{i}") for i in range(5)], SamplingParams())
+        assert server.request_count == 5
+    assert sorted(sleep.delays) == pytest.approx([k / 40 for k in range(1, 5)])
 
 
 def test_load_is_spread_over_replicas() -> None:
@@ -528,8 +532,26 @@ def test_teachers_package_imports_no_sdk_or_torch() -> None:
 
 
 def test_message_validation() -> None:
-    with pytest.raises(ValueError, match="user messages only"):
+    with pytest.raises(ValueError, match="user and tool messages only"):
         Message("system", (dot_image(), "x"))
     with pytest.raises(ValueError, match="role"):
-        Message("tool", ("x",))  # type: ignore[arg-type]
+        Message("robot", ("x",))  # type: ignore[arg-type]
     assert Message("user", "plain").content == ("plain",)
+    assert Message("tool", (dot_image(), "crop")).images  # a zoom result carries its crop
+
+
+def test_tool_turns_reach_chat_apis_as_user_turns_in_tool_response_tags() -> None:
+    chat = [*user("Where is the dot?", dot_image()), Message("assistant", ("<tool_call>{}</tool_call>",)),
+            Message("tool", (dot_image((64, 64), (5, 5)), "Here is the crop."))]
+    with FakeOpenAIServer() as server:
+        ask(client_for("openai", server.base_url), [chat], SamplingParams())
+    tool_turn = server.requests[0].body["messages"][-1]
+    assert tool_turn["role"] == "user"
+    assert [p.get("text", p["type"]) for p in tool_turn["content"]] == [
+        "<tool_response>\n", "image_url", "Here is the crop.", "\n</tool_response>"]
+    with FakeAnthropicServer() as server:
+        ask(client_for("anthropic", server.base_url), [chat], SamplingParams())
+    tool_turn = server.requests[0].body["messages"][-1]
+    assert tool_turn["role"] == "user"
+    assert [p.get("text", p["type"]) for p in tool_turn["content"]] == [
+        "<tool_response>\n", "image", "Here is the crop.", "\n</tool_response>"]

@@ -167,12 +167,17 @@ def search(
     store.write_run_json({**store.read_run_json(), "usage": usage})
     _print_summary(summary, usage, len(samples))
 
-    if linearize and (store.trees_path.exists()):
+    if linearize and store.trees_path.exists():
         from trace_forge.dataset import linearize_run
+        from trace_forge.errors import DataError
 
-        dataset = linearize_run(out, out / "dataset-single", "single", data_dir=data_dir, overwrite=True)
-        sizes = ", ".join(f"{name} {len(split_ds)}" for name, split_ds in dataset.items())
-        console.print(f"single-turn dataset: {out / 'dataset-single'} ({sizes})")
+        try:
+            dataset = linearize_run(out, out / "dataset-single", "single", data_dir=data_dir, overwrite=True)
+        except DataError as e:  # e.g. no correct trajectory yet: the trees are still worth keeping
+            console.print(f"[yellow]no dataset written:[/] {escape(str(e))}")
+        else:
+            sizes = ", ".join(f"{name} {len(split_ds)}" for name, split_ds in dataset.items())
+            console.print(f"single-turn dataset: {out / 'dataset-single'} ({sizes})")
     if summary.failed:
         console.print(f"[yellow]{summary.failed} question(s) failed; see {store.errors_path}[/]")
         raise typer.Exit(1)

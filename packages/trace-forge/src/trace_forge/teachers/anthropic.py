@@ -19,6 +19,7 @@ from trace_forge.teachers.base import (
     Completion,
     SamplingParams,
     Teacher,
+    as_user_turn,
     register_teacher,
     resolve_api_key,
 )
@@ -89,7 +90,9 @@ class AnthropicTeacher(Teacher):
             "model": self.model,
             "max_tokens": params.max_tokens,
             "messages": [
-                {"role": m.role, "content": [self._block(p) for p in m.content]} for m in chat if m.role != "system"
+                {"role": m.role, "content": [self._block(p) for p in m.content]}
+                for m in map(as_user_turn, chat)
+                if m.role != "system"
             ],
         }
         system = "\n\n".join(m.text for m in chat if m.role == "system")

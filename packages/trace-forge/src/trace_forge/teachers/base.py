@@ -37,11 +37,13 @@ __all__ = [
     "load_backend",
     "make_teacher",
     "resolve_api_key",
+    "as_user_turn",
     "LOCAL_API_KEY",
 ]
 
-Role = Literal["system", "user", "assistant"]
-_ROLES = ("system", "user", "assistant")
+Role = Literal["system", "user", "assistant", "tool"]
+_ROLES = ("system", "user", "assistant", "tool")
+_IMAGE_ROLES = ("user", "tool")
 
 LOCAL_API_KEY = "EMPTY"  # what a local vLLM server accepts when started without --api-key
 
@@ -51,7 +53,8 @@ class Message:
     """One chat turn: text parts and images, in order.
 
     Bare PIL images and :class:`~pathlib.Path` objects in ``content`` are wrapped into :class:`ImageRef`; a bare
-    string is text (a path must be a ``Path``). Images are allowed in user turns only, as every chat API requires.
+    string is text (a path must be a ``Path``). Images are allowed in user turns and in ``tool`` turns (a zoom
+    tool's crop); chat APIs get a tool turn as a user turn (see :func:`as_user_turn`).
 
     Example:
         >>> from PIL import Image
@@ -71,8 +74,8 @@ class Message:
         for p in parts:
             if not isinstance(p, str | ImageRef):
                 raise TypeError(f"message content must be text or images, got {type(p).__name__}")
-        if self.role != "user" and any(isinstance(p, ImageRef) for p in parts):
-            raise ValueError(f"images are allowed in user messages only, not in a {self.role} message")
+        if self.role not in _IMAGE_ROLES and any(isinstance(p, ImageRef) for p in parts):
+            raise ValueError(f"images are allowed in user and tool messages only, not in a {self.role} message")
         object.__setattr__(self, "content", parts)
 
     @property
@@ -86,6 +89,21 @@ class Message:
 
 
 Chat = Sequence[Message]
+
+
+def as_user_turn(message: Message) -> Message:
+    """A ``tool`` message as the user turn our chat templates render it as: its parts inside ``<tool_response>``.
+
+    Chat APIs have no tool turn that carries images, so API backends send this instead, and the teacher reads the
+    same words a template-rendered local model does. Other messages are returned unchanged.
+
+    Example:
+        >>> as_user_turn(Message("tool", ("Here is the crop.",))).content
+        ('<tool_response>\\n', 'Here is the crop.', '\\n</tool_response>')
+    """
+    if message.role != "tool":
+        return message
+    return Message("user", ("<tool_response>\n", *message.content, "\n</tool_response>"))
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from trace_forge.teachers.base import (
     Message,
     SamplingParams,
     Teacher,
+    as_user_turn,
     register_teacher,
     resolve_api_key,
 )
@@ -96,7 +97,7 @@ class OpenAITeacher(Teacher):
     def _body(self, chat: Chat, params: SamplingParams) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.model,
-            "messages": [{"role": m.role, "content": self._content(m)} for m in chat],
+            "messages": [{"role": m.role, "content": self._content(m)} for m in map(as_user_turn, chat)],
             "n": params.n,
             "temperature": params.temperature,
             "top_p": params.top_p,

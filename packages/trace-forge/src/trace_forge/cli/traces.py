@@ -1,0 +1,154 @@
+"""Look at traces and ship them: ``show``, ``stats``, ``merge``, ``publish``.
+
+Examples:
+    trace-forge show runs/vstar --index 3 --out trace.png                # best trajectory of question 3
+    trace-forge show runs/vstar --index 3 --all-correct --zoom --out t.png
+    trace-forge show runs/vstar/dataset-multi --split validation --index 0 --out row.png
+    trace-forge stats runs/vstar [--json]
+    trace-forge merge runs/vstar runs/vstar-shard0 runs/vstar-shard1
+    trace-forge publish runs/vstar/dataset-single --repo-id my-org/vstar-traces --run-dir runs/vstar
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from trace_forge.cli._app import app, console
+
+out = Console()  # the command's output goes to stdout; notes and errors to stderr (cli._app.console)
+
+
+@app.command("show")
+def show(
+    path: Annotated[
+        Path, typer.Argument(metavar="DIR", help="A search run directory or a linearized dataset.")
+    ],
+    out_file: Annotated[Path, typer.Option("--out", "-o", help="PNG to write (several get -1, -2, ...).")],
+    index: Annotated[int, typer.Option(min=0, help="Question (run) or row (dataset) to draw.")] = 0,
+    split: Annotated[str, typer.Option(help="Dataset split to read the row from.")] = "train",
+    all_correct: Annotated[
+        bool, typer.Option("--all-correct", help="Run: every correct trajectory, not only the best.")
+    ] = False,
+    zoom: Annotated[bool, typer.Option("--zoom", help="Run: also show the crop each step zooms to.")] = False,
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", help="Run: the task data, if not where run.json says.")
+    ] = None,
+    max_side: Annotated[int, typer.Option(min=64, help="Scale the image down to this longer side.")] = 1024,
+) -> None:
+    """Draw a trace: the image with numbered point markers, the steps and answer beside it, crops below."""
+    from trace_forge.show import load_views, save_views
+
+    views = load_views(path, index, split=split, all_correct=all_correct, zoom_crops=zoom, data_dir=data_dir)
+    for written in save_views(views, out_file, max_side):
+        out.print(str(written), highlight=False)
+
+
+def _histogram(title: str, label: str, hist: dict[int, int]) -> Table:
+    table = Table(label, "count", title=title)
+    for key, count in hist.items():
+        table.add_row(str(key), str(count))
+    return table
+
+
+@app.command("stats")
+def stats(
+    run_dir: Annotated[Path, typer.Argument(metavar="DIR", help="A search run directory.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+) -> None:
+    """Summarize a search run: yield, tree shape, rollout accuracy, dead samples and teacher usage."""
+    from trace_forge.stats import run_stats
+
+    s = run_stats(run_dir)
+    if as_json:
+        typer.echo(json.dumps(s.to_dict(), indent=2, sort_keys=True))
+        return
+    summary = Table("", "value", title=str(run_dir))
+    for name, value in (
+        ("questions", s.questions),
+        ("with a correct trajectory", f"{s.solved} ({s.solved_share:.1%})"),
+        ("failed (errors.jsonl)", s.failed),
+        ("nodes", s.nodes),
+        ("rollouts (correct)", f"{s.rollouts} ({s.rollouts_correct}, {s.rollout_accuracy:.1%})"),
+        ("terminal answers (correct)", f"{s.terminals} ({s.terminals_correct})"),
+        ("correct trajectories", s.correct_trajectories),
+        ("dead samples", s.dead),
+        ("dropped repeated points", s.dropped),
+        ("stop reasons", ", ".join(f"{k}: {v}" for k, v in s.stop_reasons.items()) or "-"),
+    ):
+        summary.add_row(name, str(value))
+    out.print(summary)
+    out.print(_histogram("nodes by depth", "depth", s.depth_histogram))
+    out.print(_histogram("branching", "children", s.branching_histogram))
+    categories = Table("category", "questions", "solved", "share", "correct trajectories", title="yield")
+    for name, c in s.categories.items():
+        categories.add_row(
+            name, str(c.questions), str(c.solved), f"{c.solved_share:.1%}", str(c.correct_trajectories)
+        )
+    out.print(categories)
+    teacher = Table("", "value", title="teacher")
+    for key, value in s.teacher.items():
+        teacher.add_row(key, str(value))
+    out.print(teacher)
+    usage = Table("counter", "sum of question stats", "run.json usage", title="teacher usage")
+    for key in sorted(set(s.usage) | set(s.run_usage)):
+        usage.add_row(key, _number(s.usage.get(key)), _number(s.run_usage.get(key)))
+    out.print(usage)
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.6g}" if isinstance(value, float) else f"{value:,}"
+
+
+@app.command("merge")
+def merge(
+    out_dir: Annotated[Path, typer.Argument(metavar="OUT", help="The merged run directory to create.")],
+    shards: Annotated[list[Path], typer.Argument(metavar="DIR...", help="Shard run directories of one run.")],
+) -> None:
+    """Merge the run directories of one search split over several machines."""
+    from trace_forge.search.merge import merge_runs
+
+    report = merge_runs(out_dir, shards)
+    out.print(
+        f"{out_dir}: {report.questions} questions, {report.duplicates} duplicate(s), "
+        f"{len(report.conflicts)} conflict(s), {report.errors} error record(s)",
+        highlight=False,
+    )
+    for name, rows in report.cache_rows.items():
+        out.print(f"{name}: {rows} cached completions", highlight=False)
+    if report.conflicts:
+        console.print(f"[yellow]conflicting records (first shard kept):[/] {', '.join(report.conflicts)}")
+
+
+@app.command("publish")
+def publish(
+    dataset_dir: Annotated[
+        Path, typer.Argument(metavar="DIR", help="A dataset from `trace-forge linearize`.")
+    ],
+    repo_id: Annotated[str, typer.Option("--repo-id", help="Hub dataset id, ORG/NAME.")],
+    private: Annotated[bool, typer.Option("--private", help="Create the repository as private.")] = False,
+    run_dir: Annotated[
+        Path | None, typer.Option("--run-dir", help="The search run, for provenance when DIR has none.")
+    ] = None,
+    license_id: Annotated[
+        str | None,
+        typer.Option("--license", help="Licence id for the card (default: provenance, else other)."),
+    ] = None,
+    card_only: Annotated[
+        bool, typer.Option("--card-only", help="Print the dataset card and upload nothing.")
+    ] = False,
+) -> None:
+    """Upload the parquet shards and a dataset card to the Hub in one commit (token: HF_TOKEN or hf login)."""
+    from trace_forge import publish as pub
+
+    if card_only:
+        provenance = pub.load_provenance(dataset_dir, run_dir)
+        typer.echo(pub.render_card(repo_id, provenance, pub.summarize(dataset_dir), license_id), nl=False)
+        return
+    url = pub.publish(dataset_dir, repo_id, private, run_dir=run_dir, license_id=license_id)
+    out.print(url, highlight=False)

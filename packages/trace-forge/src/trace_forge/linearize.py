@@ -1,0 +1,291 @@
+"""Linearization: turn one question's search tree into training chains, and a chain into a zoom dialog.
+
+A *chain* is one grounded trajectory written out as a single response. Two kinds come out of a tree:
+
+- ``direct``: a correct trajectory: the tree steps on the path to a node, then the steps of a correct rollout
+  from that node and its answer (or the path to a correct terminal node and its answer).
+- ``backtracking``: at a node with both a wrong rollout (at least one step) and a correct one, the shared path
+  prefix, the wrong rollout's steps, a connector sentence ("Wait, this seems off. ..."), then the correct
+  rollout's steps and answer. Unlike the ViGoRL reference, which repeats the prefix before the correct half,
+  the prefix is written once: the text reads as one line of thought that turns back, not as two restarts.
+
+Chains are deduplicated by rendered text and capped per question by a seeded, deterministic draw that keeps
+both kinds in proportion. For multi-turn training, :func:`to_dialog` spreads a chain over assistant turns that
+zoom on each new point. Everything here is pure: no files, no images (the crops are cut by
+:mod:`trace_forge.dataset`, from the points the tool turns name).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Literal
+
+from trace_forge.grounding import (
+    DEFAULT_CONNECTOR,
+    Point,
+    Step,
+    Trajectory,
+    render_answer_turn,
+    render_backtracking,
+    render_single_turn,
+    render_zoom_turn,
+)
+from trace_forge.search.tree import Node, Tree
+from trace_forge.tasks.prompts import PromptSet
+
+__all__ = [
+    "CLOSING_THOUGHT",
+    "REPEAT_RADIUS_PX",
+    "Chain",
+    "ChainKind",
+    "ChainSource",
+    "LinearizeConfig",
+    "Turn",
+    "linearize",
+    "to_dialog",
+]
+
+ChainKind = Literal["direct", "backtracking"]
+_KINDS: tuple[ChainKind, ...] = ("direct", "backtracking")
+
+REPEAT_RADIUS_PX = 10.0
+"""A step whose point lies within this many pixels of an earlier zoom point is not zoomed again."""
+
+CLOSING_THOUGHT = "I have seen enough to answer."
+"""The final turn's thought when every step was already spent on a zoom turn."""
+
+
+@dataclass(frozen=True)
+class LinearizeConfig:
+    """How trees become chains.
+
+    Attributes:
+        connector: the sentence between the wrong and the correct half of a backtracking chain.
+        max_per_question: keep at most this many chains per question (None: keep all).
+        include_backtracking: whether to emit backtracking chains at all.
+        seed: seeds the per-question draw when a question has more than ``max_per_question`` chains.
+        max_zooms: zoom turns per multi-turn dialog; 4 because the turn limit is 5 images with the original.
+    """
+
+    connector: str = DEFAULT_CONNECTOR
+    max_per_question: int | None = 16
+    include_backtracking: bool = True
+    seed: int = 0
+    max_zooms: int = 4
+
+    def __post_init__(self) -> None:
+        if not self.connector.strip():
+            raise ValueError("the backtracking connector must not be empty")
+        if self.max_per_question is not None and self.max_per_question < 1:
+            raise ValueError(f"max_per_question must be >= 1 or None, got {self.max_per_question}")
+        if self.max_zooms < 0:
+            raise ValueError(f"max_zooms must be >= 0, got {self.max_zooms}")
+
+
+@dataclass(frozen=True)
+class ChainSource:
+    """Where a chain came from in its tree.
+
+    Attributes:
+        node: the node the trajectory ends at (a correct terminal node) or continues from (rollouts).
+        rollouts: indices into ``node.rollouts``: ``()`` for a terminal node, ``(correct,)`` for a direct
+            chain, ``(wrong, correct)`` for a backtracking chain.
+    """
+
+    node: int
+    rollouts: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Chain:
+    """One linearized trajectory of a question.
+
+    Attributes:
+        question_id: the question the tree was searched for.
+        kind: ``"direct"`` or ``"backtracking"``.
+        steps: every step in order, points in the pixel frame of the sample canvas.
+        answer: the final answer text (a point answer as written, e.g. ``"(412, 230)"``).
+        correct: whether the answer was judged correct (``reward >= 1``).
+        reward: the verifier's score of the answer.
+        node_values: mean values of the tree nodes on the path, root first.
+        source: the node and rollout(s) the chain was read from.
+        connector: for backtracking chains, the sentence written before ``steps[connector_index]``.
+        connector_index: for backtracking chains, the number of steps (prefix and wrong rollout) before the
+            connector.
+    """
+
+    question_id: str
+    kind: ChainKind
+    steps: tuple[Step, ...]
+    answer: str
+    correct: bool
+    reward: float
+    node_values: tuple[float, ...]
+    source: ChainSource
+    connector: str | None = None
+    connector_index: int | None = None
+
+    def __post_init__(self) -> None:
+        backtracking = self.kind == "backtracking"
+        if backtracking != (self.connector is not None) or backtracking != (self.connector_index is not None):
+            raise ValueError("a backtracking chain (and only one) has a connector and a connector_index")
+
+    def render(self) -> str:
+        """The single-turn response: ``<think>`` with every step (and the connector), then the answer."""
+        if self.connector_index is None:
+            return render_single_turn(Trajectory(self.steps, self.answer))
+        wrong = Trajectory(self.steps[: self.connector_index])
+        right = Trajectory(self.steps[self.connector_index :], self.answer)
+        return render_backtracking(wrong, right, self.connector)
+
+
+def _correct(reward: float | None) -> bool:
+    return reward is not None and reward >= 1
+
+
+def linearize(tree: Tree, question_id: str, config: LinearizeConfig | None = None) -> list[Chain]:
+    """All chains of one question's tree: direct chains first, then backtracking ones, in node order.
+
+    A chain needs at least one grounded step, and its correct side must have really answered (a rollout the
+    reference judged from its last text, ``answered=False``, never becomes training text).
+
+    Args:
+        tree: the question's search tree (points in the pixel frame).
+        question_id: the question's id, copied onto every chain and mixed into the cap's seed.
+        config: connector, cap, seed; defaults to :class:`LinearizeConfig`.
+
+    Returns:
+        The chains, deduplicated by rendered text and capped at ``config.max_per_question``.
+    """
+    config = config or LinearizeConfig()
+    chains = _direct_chains(tree, question_id)
+    if config.include_backtracking:
+        chains += _backtracking_chains(tree, question_id, config.connector)
+    by_text: dict[str, Chain] = {}
+    for chain in chains:
+        by_text.setdefault(chain.render(), chain)  # the first chain with a given text wins
+    rng = random.Random(f"{config.seed}:{question_id}")  # str seeds hash with SHA-512: stable across runs
+    return _cap(list(by_text.values()), config.max_per_question, rng)
+
+
+def _values(tree: Tree, node: Node) -> tuple[float, ...]:
+    return tuple(n.value for n in tree.path(node))
+
+
+def _direct_chains(tree: Tree, question_id: str) -> list[Chain]:
+    chains: list[Chain] = []
+    for node in tree.nodes:
+        prefix = tree.steps_to(node)
+        values = _values(tree, node)
+        if node.terminal and _correct(node.reward) and prefix:
+            chains.append(Chain(question_id, "direct", tuple(prefix), node.answer or "", True,
+                                float(node.reward or 0.0), values, ChainSource(node.id)))
+        for i, rollout in enumerate(node.rollouts):
+            steps = (*prefix, *rollout.steps)
+            if _correct(rollout.reward) and rollout.answered and steps:
+                chains.append(Chain(question_id, "direct", steps, rollout.answer, True, rollout.reward,
+                                    values, ChainSource(node.id, (i,))))
+    return chains
+
+
+def _backtracking_chains(tree: Tree, question_id: str, connector: str) -> list[Chain]:
+    chains: list[Chain] = []
+    for node in tree.nodes:
+        rollouts = list(enumerate(node.rollouts))
+        wrong = [(i, r) for i, r in rollouts if not _correct(r.reward) and r.steps]
+        right = [(j, r) for j, r in rollouts if _correct(r.reward) and r.answered]
+        if not (wrong and right):
+            continue
+        prefix = tuple(tree.steps_to(node))
+        values = _values(tree, node)
+        for i, bad in wrong:
+            for j, good in right:
+                chains.append(Chain(
+                    question_id, "backtracking", (*prefix, *bad.steps, *good.steps), good.answer, True,
+                    good.reward, values, ChainSource(node.id, (i, j)), connector,
+                    len(prefix) + len(bad.steps),
+                ))
+    return chains
+
+
+def _quotas(sizes: dict[ChainKind, int], limit: int) -> dict[ChainKind, int]:
+    """Split ``limit`` over the kinds in proportion to ``sizes`` (largest remainder), at least 1 per kind."""
+    total = sum(sizes.values())
+    exact = {k: limit * n / total for k, n in sizes.items()}
+    quotas = {k: math.floor(v) for k, v in exact.items()}
+    # Ties in the remainder go to the kind listed first, so the split never depends on dict order.
+    by_remainder = sorted(sizes, key=lambda k: (quotas[k] - exact[k], _KINDS.index(k)))
+    for k in by_remainder[: limit - sum(quotas.values())]:
+        quotas[k] += 1
+    for k in sizes:
+        if quotas[k] == 0 and limit >= len(sizes):
+            donor = max(quotas, key=lambda d: (quotas[d], -_KINDS.index(d)))
+            quotas[donor] -= 1
+            quotas[k] = 1
+    return quotas
+
+
+def _cap(chains: list[Chain], limit: int | None, rng: random.Random) -> list[Chain]:
+    """At most ``limit`` chains, drawn per kind by ``rng`` in proportion to the kinds, in original order."""
+    if limit is None or len(chains) <= limit:
+        return chains
+    by_kind = {k: [i for i, c in enumerate(chains) if c.kind == k] for k in _KINDS}
+    by_kind = {k: idx for k, idx in by_kind.items() if idx}
+    quotas = _quotas({k: len(idx) for k, idx in by_kind.items()}, limit)
+    keep = sorted(i for k, idx in by_kind.items() for i in rng.sample(idx, quotas[k]))
+    return [chains[i] for i in keep]
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One turn of a multi-turn dialog after the question.
+
+    Attributes:
+        role: ``"assistant"`` (a zoom call or the final answer) or ``"tool"`` (a zoom observation).
+        text: the turn's text.
+        zoom: tool turns only: the rounded pixel point the crop is centred on (the point the call names).
+    """
+
+    role: Literal["assistant", "tool"]
+    text: str
+    zoom: tuple[int, int] | None = None
+
+
+def to_dialog(chain: Chain, prompts: PromptSet, *, dot: bool, max_zooms: int) -> list[Turn]:
+    """Spread a chain over zoom turns: a step on a new point thinks, then zooms on it; the last turn answers.
+
+    A step is zoomed when its point is farther than :data:`REPEAT_RADIUS_PX` from every earlier zoom point
+    and fewer than ``max_zooms`` zooms were made. The text of steps that are not zoomed (repeats, or past the
+    limit) is carried into the next turn's thought, so no reasoning is lost; a backtracking connector stays
+    inside the thought it falls in. The final turn answers with the thought left over, or
+    :data:`CLOSING_THOUGHT`.
+
+    Args:
+        chain: the chain to spread.
+        prompts: the task's prompt set (the zoom observation text).
+        dot: whether the task's crops carry a red dot (changes the observation text).
+        max_zooms: the most zoom turns.
+
+    Returns:
+        Alternating assistant and tool turns, then the final assistant turn.
+    """
+    turns: list[Turn] = []
+    zoomed: list[Point] = []
+    thought: list[str] = []
+    for i, step in enumerate(chain.steps):
+        if i == chain.connector_index:
+            thought.append(chain.connector)
+        thought.append(step.render())
+        point = step.point
+        if len(zoomed) < max_zooms and all(point.distance(z) > REPEAT_RADIUS_PX for z in zoomed):
+            xy = point.rounded()
+            turns.append(Turn("assistant", render_zoom_turn(" ".join(thought), xy)))
+            turns.append(Turn("tool", prompts.zoom_observation(xy, dot), xy))
+            zoomed.append(point)
+            thought = []
+    if chain.connector_index == len(chain.steps):  # a correct rollout that answered without a new step
+        thought.append(chain.connector)
+    turns.append(Turn("assistant", render_answer_turn(" ".join(thought) or CLOSING_THOUGHT, chain.answer)))
+    return turns

@@ -1,0 +1,183 @@
+"""What a search run found and what it cost, read back from its run directory.
+
+Counts come from the trees themselves (nodes, depths, branching, rollouts, correct trajectories) and from the
+``stats`` object the search writes with each record (teacher requests and tokens, dead samples, dropped
+repeats, stop reasons). A *correct trajectory* is a rollout or a terminal node with reward >= 1, as in the
+search.
+
+Example:
+    >>> stats = run_stats("runs/vstar-sim")  # doctest: +SKIP
+    >>> stats.solved, stats.questions
+    (41, 50)
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trace_forge.errors import DataError
+from trace_forge.search.store import ERRORS, RUN_JSON, TREES, RunStore, read_records
+from trace_forge.search.tree import Tree
+
+__all__ = ["CategoryStats", "RunStats", "run_stats", "records_stats"]
+
+# Record-stats counters reported on their own line rather than among the teacher usage totals.
+DEAD, DROPPED = "dead", "dropped_repeats"
+
+
+@dataclass
+class CategoryStats:
+    """Yield of one benchmark category: questions searched, questions solved, correct trajectories found."""
+
+    questions: int = 0
+    solved: int = 0
+    correct_trajectories: int = 0
+
+    @property
+    def solved_share(self) -> float:
+        return self.solved / self.questions if self.questions else 0.0
+
+
+@dataclass
+class RunStats:
+    """Totals over the finished questions of a run.
+
+    Attributes:
+        questions: finished questions (records in ``trees.jsonl``).
+        solved: questions with at least one correct trajectory.
+        failed: questions that ended in an error (``errors.jsonl``) and were never finished.
+        nodes: tree nodes written by the teacher (roots, which are the questions, not counted).
+        depth_histogram: nodes by depth (1 = children of the root).
+        branching_histogram: expanded nodes by their number of children (0 = a dead end).
+        rollouts: rollouts over all nodes; ``rollouts_correct`` of them with reward >= 1.
+        terminals: terminal (answer) nodes; ``terminals_correct`` of them with reward >= 1.
+        correct_trajectories: ``rollouts_correct + terminals_correct``.
+        dead: teacher samples that were neither a grounded step nor an answer (record stats).
+        dropped: children dropped because their point repeated one of their path or a sibling (record stats).
+        stop_reasons: why each question's search ended (record stats ``stopped``).
+        usage: every other numeric record-stats counter summed over questions (requests, tokens, seconds,
+        ...).
+        categories: per-category yield.
+        teacher: the teacher as ``run.json`` describes it.
+        run_usage: the teacher client's usage counters as the search wrote them to ``run.json`` (``usage``:
+            requests, retries, cache hits, cost, ...), numeric ones only.
+    """
+
+    questions: int = 0
+    solved: int = 0
+    failed: int = 0
+    nodes: int = 0
+    depth_histogram: dict[int, int] = field(default_factory=dict)
+    branching_histogram: dict[int, int] = field(default_factory=dict)
+    rollouts: int = 0
+    rollouts_correct: int = 0
+    terminals: int = 0
+    terminals_correct: int = 0
+    dead: int = 0
+    dropped: int = 0
+    stop_reasons: dict[str, int] = field(default_factory=dict)
+    usage: dict[str, float] = field(default_factory=dict)
+    categories: dict[str, CategoryStats] = field(default_factory=dict)
+    teacher: dict[str, Any] = field(default_factory=dict)
+    run_usage: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def solved_share(self) -> float:
+        return self.solved / self.questions if self.questions else 0.0
+
+    @property
+    def rollout_accuracy(self) -> float:
+        return self.rollouts_correct / self.rollouts if self.rollouts else 0.0
+
+    @property
+    def correct_trajectories(self) -> int:
+        return self.rollouts_correct + self.terminals_correct
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON: every field plus the derived shares; histogram keys become strings (JSON objects)."""
+        out = asdict(self)
+        out["depth_histogram"] = {str(k): v for k, v in self.depth_histogram.items()}
+        out["branching_histogram"] = {str(k): v for k, v in self.branching_histogram.items()}
+        out["categories"] = {
+            name: {**asdict(c), "solved_share": c.solved_share} for name, c in self.categories.items()
+        }
+        out.update(
+            solved_share=self.solved_share,
+            rollout_accuracy=self.rollout_accuracy,
+            correct_trajectories=self.correct_trajectories,
+        )
+        return out
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def records_stats(records: list[dict[str, Any]]) -> RunStats:
+    """:class:`RunStats` of ``trees.jsonl`` records (``failed``, ``teacher`` and ``run_usage`` are left
+    empty)."""
+    s = RunStats(questions=len(records))
+    depths: Counter[int] = Counter()
+    branching: Counter[int] = Counter()
+    stops: Counter[str] = Counter()
+    usage: Counter[str] = Counter()
+    categories: dict[str, CategoryStats] = {}
+    for record in records:
+        tree = Tree.from_dict(record["tree"])
+        correct = 0
+        for node in tree.nodes[1:]:
+            depths[node.depth] += 1
+        for node in tree.nodes:
+            if node.expanded:
+                branching[len(node.children)] += 1
+            if node.terminal:
+                s.terminals += 1
+                s.terminals_correct += (node.reward or 0) >= 1
+                correct += (node.reward or 0) >= 1
+            s.rollouts += len(node.rollouts)
+            hits = sum(r.reward >= 1 for r in node.rollouts)
+            s.rollouts_correct += hits
+            correct += hits
+        s.nodes += len(tree.nodes) - 1
+        s.solved += correct > 0
+        cat = categories.setdefault(record.get("category") or "-", CategoryStats())
+        cat.questions += 1
+        cat.solved += correct > 0
+        cat.correct_trajectories += correct
+        counters = record.get("stats") or {}
+        s.dead += int(counters.get(DEAD, 0))
+        s.dropped += int(counters.get(DROPPED, 0))
+        if isinstance(counters.get("stopped"), str):
+            stops[counters["stopped"]] += 1
+        # "correct" in the record stats repeats what the tree says; the tree is the source counted above.
+        usage.update(
+            {k: v for k, v in counters.items() if _number(v) and k not in (DEAD, DROPPED, "correct")}
+        )
+    s.depth_histogram = dict(sorted(depths.items()))
+    s.branching_histogram = dict(sorted(branching.items()))
+    s.stop_reasons = dict(sorted(stops.items()))
+    s.usage = dict(sorted(usage.items()))
+    s.categories = dict(sorted(categories.items()))
+    return s
+
+
+def run_stats(run_dir: str | Path) -> RunStats:
+    """:class:`RunStats` of a run directory: ``trees.jsonl``, ``errors.jsonl`` and ``run.json``.
+
+    Raises:
+        DataError: ``run_dir`` has neither ``trees.jsonl`` nor ``run.json``, or a file is corrupt.
+    """
+    root = Path(run_dir)
+    if not (root / TREES).exists() and not (root / RUN_JSON).exists():
+        raise DataError("not a run directory (no trees.jsonl or run.json)", path=root)
+    records = list(read_records(root / TREES))
+    stats = records_stats(records)
+    finished = {r["question_id"] for r in records}
+    stats.failed = len({e["question_id"] for e in read_records(root / ERRORS)} - finished)
+    run = RunStore(root).read_run_json() or {}
+    stats.teacher = run.get("teacher") or {}
+    stats.run_usage = {k: v for k, v in sorted((run.get("usage") or {}).items()) if _number(v)}
+    return stats
