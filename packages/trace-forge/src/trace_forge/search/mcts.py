@@ -185,6 +185,15 @@ class QuestionSearch:
         self.stats.seconds = round(time.monotonic() - start, 3)
         return SearchResult(tree, self.stats, (self.geometry.width, self.geometry.height))
 
+    async def sample_chain(self, j: int) -> Rollout:
+        """Chain ``j`` sampled independently from the question, with no tree: the baseline MCTS is measured against.
+
+        Steps follow one another until an answer, forced at ``max_depth`` steps, exactly like a rollout from the root.
+        """
+        max_steps = self.config.max_depth
+        (first,) = await self._generate([], max_steps == 1, n=1, seed=self._seed("chain", j))
+        return await self._continue(self.tree.root, j, first, max_steps)
+
     def _should_stop(self) -> str | None:
         cfg, s = self.config, self.stats
         if (cfg.max_calls is not None and s.requests >= cfg.max_calls) or (
