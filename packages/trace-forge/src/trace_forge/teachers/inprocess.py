@@ -24,20 +24,9 @@ from trace_forge.grounding.frames import Resize
 from trace_forge.teachers.base import Chat, Completion, SamplingParams
 from trace_forge.teachers.images import ImageEncoder
 
-__all__ = ["Batcher", "BatchRunner", "token_shares", "group_indices", "processor_resize", "encoder_for_processor"]
+__all__ = ["Batcher", "BatchRunner", "group_indices", "processor_resize", "encoder_for_processor"]
 
 BatchRunner = Callable[[list[tuple[Chat, SamplingParams]]], list[list[Completion]]]
-
-
-def token_shares(total: int, k: int) -> list[int]:
-    """Split a call's token count over its ``k`` completions so the shares sum to the total.
-
-    Example:
-        >>> token_shares(10, 3)
-        [4, 3, 3]
-    """
-    base, extra = divmod(total, k)
-    return [base + (i < extra) for i in range(k)]
 
 
 @dataclass

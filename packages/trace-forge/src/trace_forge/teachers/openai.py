@@ -25,6 +25,7 @@ from trace_forge.teachers.base import (
 )
 from trace_forge.teachers.errors import TeacherFormatError, translate_sdk_errors
 from trace_forge.teachers.images import ImageEncoder, ImageRef
+from trace_forge.teachers.usage import token_shares
 
 __all__ = ["OpenAITeacher"]
 
@@ -137,17 +138,8 @@ class OpenAITeacher(Teacher):
                 raise TeacherFormatError(f"{self.name}: choice {getattr(choice, 'index', '?')} has no text content")
             texts.append((text, getattr(choice, "finish_reason", None)))
         usage = getattr(response, "usage", None)
-        prompt = _shares(getattr(usage, "prompt_tokens", 0) or 0, len(texts))
-        completion = _shares(getattr(usage, "completion_tokens", 0) or 0, len(texts))
+        prompt = token_shares(getattr(usage, "prompt_tokens", 0) or 0, len(texts))
+        completion = token_shares(getattr(usage, "completion_tokens", 0) or 0, len(texts))
         return [Completion(t, f, p, c) for (t, f), p, c in zip(texts, prompt, completion, strict=True)]
 
 
-def _shares(total: int, k: int) -> list[int]:
-    """Split a call's token count over its ``k`` completions so the shares sum to the total.
-
-    Example:
-        >>> _shares(10, 3)
-        [4, 3, 3]
-    """
-    base, extra = divmod(total, k)
-    return [base + (i < extra) for i in range(k)]

@@ -34,7 +34,7 @@ from trace_forge.teachers.base import Chat, Completion, SamplingParams, Teacher,
 from trace_forge.teachers.cache import request_key
 from trace_forge.teachers.errors import TeacherRejected
 from trace_forge.teachers.images import ImageEncoder, ImageRef
-from trace_forge.teachers.inprocess import token_shares
+from trace_forge.teachers.usage import token_shares
 
 __all__ = ["SimTeacher"]
 

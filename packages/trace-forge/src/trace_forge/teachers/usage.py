@@ -18,7 +18,7 @@ from typing import Any
 
 from trace_forge.errors import ConfigError
 
-__all__ = ["Price", "DEFAULT_PRICES", "load_price_table", "Usage"]
+__all__ = ["Price", "DEFAULT_PRICES", "load_price_table", "Usage", "token_shares"]
 
 
 @dataclass(frozen=True)
@@ -141,3 +141,14 @@ class Usage:
             "latency_s": self.latency_percentiles(),
             "cost_usd": self.cost_usd(),
         }
+
+
+def token_shares(total: int, k: int) -> list[int]:
+    """Split a call's token count over its ``k`` completions so the shares sum to the total.
+
+    Example:
+        >>> token_shares(10, 3)
+        [4, 3, 3]
+    """
+    base, extra = divmod(total, k)
+    return [base + (i < extra) for i in range(k)]

@@ -35,8 +35,8 @@ from trace_forge.teachers.inprocess import (
     encoder_for_processor,
     group_indices,
     processor_resize,
-    token_shares,
 )
+from trace_forge.teachers.usage import token_shares
 
 __all__ = ["VLLMTeacher"]
 
