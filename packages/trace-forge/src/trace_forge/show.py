@@ -5,14 +5,13 @@ below.
 
 - :func:`dataset_views`: one row of a linearized dataset (``DIR/hf`` saved with ``save_to_disk``, or ``DIR``).
 - :func:`run_views`: a question of a search run directory (``trees.jsonl``): its best trajectory, or all
-correct
-  ones, on the sample canvas re-loaded from the task data named in ``run.json``.
+  correct ones, on the sample canvas re-loaded from the task data named in ``run.json``.
 
 Example:
     >>> from PIL import Image
     >>> from trace_forge.grounding import Point, Step
-    >>> picture = render_trace(Image.new("RGB", (640, 480)), [Step("The mug (40, 30).", Point(40, 30))],
-    "red")
+    >>> steps = [Step("The mug (40, 30).", Point(40, 30))]
+    >>> picture = render_trace(Image.new("RGB", (640, 480)), steps, "red")
     >>> picture.width > 640
     True
 """

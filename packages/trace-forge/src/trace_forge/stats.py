@@ -7,7 +7,7 @@ search.
 
 Example:
     >>> stats = run_stats("runs/vstar-sim")  # doctest: +SKIP
-    >>> stats.solved, stats.questions
+    >>> stats.solved, stats.questions  # doctest: +SKIP
     (41, 50)
 """
 
