@@ -37,7 +37,7 @@ def version() -> None:
     typer.echo(f"grounded-rl {grounded_rl.__version__} (trace-forge {trace_forge.__version__})")
 
 
-for _name in ("models",):
+for _name in ("models", "eval", "sft", "train"):
     importlib.import_module(f"grounded_rl.cli.{_name}")
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from trace_forge.errors import DataError
 
-__all__ = ["RunStore", "read_records"]
+__all__ = ["RunStore", "read_records", "append_record"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,15 @@ def read_records(path: Path, *, repair: bool = False) -> Iterator[dict[str, Any]
             os.fsync(f.fileno())
 
 
+def append_record(path: Path, record: dict[str, Any]) -> None:
+    """Append one JSON record durably: a single write, flush and fsync (a kill can tear at most this line)."""
+    line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+    with open(path, "ab") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 class RunStore:
     """Append-only storage of one search run."""
 
@@ -94,10 +103,10 @@ class RunStore:
 
     def append(self, record: dict[str, Any]) -> None:
         """Append one finished question durably (one write, flush, fsync)."""
-        self._append(self.trees_path, record)
+        append_record(self.trees_path, record)
 
     def append_error(self, record: dict[str, Any]) -> None:
-        self._append(self.errors_path, record)
+        append_record(self.errors_path, record)
 
     def write_run_json(self, info: dict[str, Any]) -> None:
         """Write ``run.json`` atomically (temp file + rename), so a kill never leaves half a file."""
@@ -113,11 +122,3 @@ class RunStore:
             return json.loads(path.read_text())
         except json.JSONDecodeError as e:
             raise DataError(f"not valid JSON ({e})", path=path) from e
-
-    @staticmethod
-    def _append(path: Path, record: dict[str, Any]) -> None:
-        line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
-        with open(path, "ab") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())

@@ -1,0 +1,153 @@
+"""``grounded-rl eval`` (a benchmark, pinned protocol) and ``grounded-rl demo`` (one image, one picture)."""
+
+from __future__ import annotations
+
+from dataclasses import Field, fields
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from grounded_rl.cli import app
+from grounded_rl.demo import DemoConfig
+from grounded_rl.eval import EvalConfig
+from trace_forge.cli._app import console
+from trace_forge.tasks import AnswerKind
+
+
+def _field(config: type, name: str) -> Field[Any]:
+    return next(f for f in fields(config) if f.name == name)
+
+
+def _eval_help(name: str) -> str:
+    """A flag's help is its config field's: flags and config share one wording (and one default, below)."""
+    return _field(EvalConfig, name).metadata["help"]
+
+
+def _demo_help(name: str) -> str:
+    return _field(DemoConfig, name).metadata["help"]
+
+
+_EVAL_DEFAULT = {f.name: f.default for f in fields(EvalConfig)}
+_DEMO_DEFAULT = {f.name: f.default for f in fields(DemoConfig)}
+
+
+_EVAL_EXAMPLES = """\
+Examples:
+
+  grounded-rl eval --model runs/vigorl-3b --task vstar --data-dir data/vstar --out runs/eval/vstar
+
+  grounded-rl eval --model runs/vigorl-3b-multi --task vstar --data-dir data/vstar --multi-turn --out ev/vstar-mt
+
+  grounded-rl eval --model runs/vigorl-7b --task screenspot-pro --data-dir data/ScreenSpot-Pro --samples 4 \
+--out ev/sspro
+
+  grounded-rl eval --backend openai --base-url http://gpu1:8000/v1 --model Qwen/Qwen2.5-VL-72B-Instruct \
+--max-pixels 12845056 --task sat2 --data-dir data/sat2 --split val --out ev/sat2-72b
+"""
+
+
+@app.command("eval", epilog=_EVAL_EXAMPLES)
+def eval_command(
+    model: Annotated[str, typer.Option(help=_eval_help("model"))],
+    task: Annotated[str, typer.Option(help=_eval_help("task"))],
+    out: Annotated[Path, typer.Option(help="Output directory; rerun with the same settings to resume.")],
+    data_dir: Annotated[str | None, typer.Option(help=_eval_help("data_dir"))] = _EVAL_DEFAULT["data_dir"],
+    split: Annotated[str | None, typer.Option(help=_eval_help("split"))] = _EVAL_DEFAULT["split"],
+    limit: Annotated[int | None, typer.Option(help=_eval_help("limit"))] = _EVAL_DEFAULT["limit"],
+    multi_turn: Annotated[bool, typer.Option(help=_eval_help("multi_turn"))] = _EVAL_DEFAULT["multi_turn"],
+    samples: Annotated[int, typer.Option(help=_eval_help("samples"))] = _EVAL_DEFAULT["samples"],
+    temperature: Annotated[float, typer.Option(help=_eval_help("temperature"))] = _EVAL_DEFAULT["temperature"],
+    top_p: Annotated[float, typer.Option(help=_eval_help("top_p"))] = _EVAL_DEFAULT["top_p"],
+    max_tokens: Annotated[int, typer.Option(help=_eval_help("max_tokens"))] = _EVAL_DEFAULT["max_tokens"],
+    seed: Annotated[int, typer.Option(help=_eval_help("seed"))] = _EVAL_DEFAULT["seed"],
+    max_images: Annotated[int, typer.Option(help=_eval_help("max_images"))] = _EVAL_DEFAULT["max_images"],
+    backend: Annotated[str, typer.Option(help=_eval_help("backend"))] = _EVAL_DEFAULT["backend"],
+    base_url: Annotated[list[str] | None, typer.Option(help=_eval_help("base_urls") + " Repeat for replicas.")] = None,
+    max_pixels: Annotated[int | None, typer.Option(help=_eval_help("max_pixels"))] = _EVAL_DEFAULT["max_pixels"],
+    concurrency: Annotated[int, typer.Option(help=_eval_help("concurrency"))] = _EVAL_DEFAULT["concurrency"],
+) -> None:
+    """Evaluate a model on a benchmark with the official verifier; writes samples.jsonl, summary.json/.md.
+
+    A killed run resumes from its finished samples when rerun with the same settings.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from grounded_rl.eval import evaluate
+
+    config = EvalConfig(
+        task=task, model=model, data_dir=data_dir, split=split, limit=limit, multi_turn=multi_turn, samples=samples,
+        temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed, max_images=max_images,
+        backend=backend, base_urls=list(base_url or []), max_pixels=max_pixels, concurrency=concurrency,
+    )
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("acc {task.fields[acc]}"),
+               TimeRemainingColumn())
+    scores: list[float] = []
+    with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
+        bar = progress.add_task(f"eval {task}", total=None, acc="-")
+
+        def on_record(record: dict[str, Any], done: int, total: int) -> None:
+            scores.append(record["score"])
+            progress.update(bar, completed=done, total=total, acc=f"{100 * sum(scores) / len(scores):.1f}%")
+
+        summary = evaluate(config, out, on_record=on_record)
+    console.print(_table(summary, samples))
+    typer.echo(f"wrote {out / 'summary.json'}")
+
+
+def _table(summary: dict[str, Any], k: int) -> Table:
+    counts = summary["counts"]
+    table = Table(title=f"{summary['task']}: {summary['metrics']['questions']} questions, "
+                        f"{counts['answered']}/{counts['samples']} samples answered")
+    table.add_column("category")
+    table.add_column(f"avg@{k} (%)", justify="right")
+    table.add_column(f"pass@{k} (%)", justify="right")
+    avg, passed = summary["metrics"][f"avg@{k}"], summary["metrics"][f"pass@{k}"]
+    for name in avg:
+        table.add_row(name, f"{100 * avg[name]:.2f}", f"{100 * passed[name]:.2f}")
+    return table
+
+
+_DEMO_EXAMPLES = """\
+Examples:
+
+  grounded-rl demo --model runs/vigorl-3b --image street.jpg --query "What colour is the umbrella?" --out demo.png
+
+  grounded-rl demo --model runs/vigorl-3b-multi --image screen.png --query "Open the settings" --task-kind point \
+--multi-turn --out click.png
+
+  grounded-rl demo --model runs/vigorl-3b --image room.jpg --query "Is the lamp left of the sofa?" \
+--task-kind option --option yes --option no --out lamp.png
+"""
+
+
+@app.command("demo", epilog=_DEMO_EXAMPLES)
+def demo_command(
+    model: Annotated[str, typer.Option(help=_demo_help("model"))],
+    image: Annotated[Path, typer.Option(exists=True, dir_okay=False, help=_demo_help("image"))],
+    query: Annotated[str, typer.Option(help=_demo_help("query"))],
+    out: Annotated[Path, typer.Option(help=_demo_help("out"))],
+    task_kind: Annotated[AnswerKind, typer.Option(help=_demo_help("task_kind"))] = _DEMO_DEFAULT["task_kind"],
+    option: Annotated[list[str] | None, typer.Option(help=_demo_help("options") + " Repeat per choice.")] = None,
+    multi_turn: Annotated[bool, typer.Option(help=_demo_help("multi_turn"))] = _DEMO_DEFAULT["multi_turn"],
+    temperature: Annotated[float, typer.Option(help=_demo_help("temperature"))] = _DEMO_DEFAULT["temperature"],
+    max_tokens: Annotated[int, typer.Option(help=_demo_help("max_tokens"))] = _DEMO_DEFAULT["max_tokens"],
+    seed: Annotated[int, typer.Option(help=_demo_help("seed"))] = _DEMO_DEFAULT["seed"],
+    backend: Annotated[str, typer.Option(help=_demo_help("backend"))] = _DEMO_DEFAULT["backend"],
+    base_url: Annotated[list[str] | None, typer.Option(help=_demo_help("base_urls"))] = None,
+) -> None:
+    """Run a model on one image and draw its trajectory: numbered points, step texts, zoom crops."""
+    from grounded_rl.demo import run_demo
+
+    config = DemoConfig(
+        model=model, image=str(image), query=query, out=str(out), task_kind=task_kind, options=list(option or []),
+        multi_turn=multi_turn, temperature=temperature, max_tokens=max_tokens, seed=seed, backend=backend,
+        base_urls=list(base_url or []),
+    )
+    dialog, path = run_demo(config)
+    for i, turn in enumerate(dialog.turns, 1):
+        console.print(f"[bold]turn {i}[/]", highlight=False)
+        console.print(turn.text, markup=False, highlight=False)
+    typer.echo(f"answer: {dialog.answer}")
+    typer.echo(f"wrote {path}")

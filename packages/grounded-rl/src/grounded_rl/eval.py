@@ -1,0 +1,588 @@
+"""Pinned, judge-free evaluation: a model answers a benchmark through the student prompt, the official verifier
+scores it, and the protocol is written next to the numbers.
+
+    grounded-rl eval --model runs/vigorl-3b --task vstar --data-dir data/vstar --multi-turn --samples 4 --out ev/
+
+Every model is reached through trace-forge's :class:`~trace_forge.teachers.TeacherClient` (``hf``/``vllm`` load a
+local checkpoint; ``openai``/``anthropic`` call a server). Per question:
+
+1. the prompt: the student system prompt of the task's answer kind, then the canvas and the question text;
+2. single-turn: ``K`` samples in one request, each parsed with ``expect="single"``;
+   multi-turn: ``K`` independent dialogs with the zoom tool of :class:`~grounded_rl.env.ZoomSession` (the same
+   crops, observation text and image limit as GRPO); once the image budget is spent the answer is forced;
+3. the answer (point answers converted to the pixel frame) is scored by the task's verifier.
+
+Each finished sample is one line of ``samples.jsonl`` (appended and fsynced), so a killed run resumes where it
+stopped. ``summary.json`` holds avg@K and pass@K under the benchmark's own aggregation, counts, parse problems and
+the protocol; ``summary.md`` the table as the benchmark reports it.
+
+Coordinates: a local model writes points in its family's frame (Qwen2.5-VL: pixels of the image as its processor
+resized it; Qwen3-VL: a 0-1000 grid); an API model writes pixels of the image as sent (``max_pixels`` resizes it
+first, as a vLLM server serving a Qwen model would).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from grounded_rl.env import DEFAULT_MAX_IMAGES, ZoomRefused, ZoomSession
+from trace_forge.errors import ConfigError
+from trace_forge.grounding import (
+    ZOOM_TOOL_NAME,
+    Frame,
+    ImageGeometry,
+    Parsed,
+    Point,
+    Resize,
+    Step,
+    parse_response,
+)
+from trace_forge.grounding.format import Expect, format_point
+from trace_forge.search.store import append_record, read_records
+from trace_forge.tasks import AnswerKind, Sample, Task, get_task, metrics, scoring
+from trace_forge.tasks.prompts import NORM1000_HINT, PROMPT_VERSION, TEMPLATES_SHA256, prompts_for
+from trace_forge.teachers import ImageRef, Message, SamplingParams, TeacherClient, build_client
+
+__all__ = [
+    "EvalConfig",
+    "Viewer",
+    "Turn",
+    "Dialog",
+    "Student",
+    "evaluate",
+    "make_client",
+    "protocol",
+    "score_answer",
+    "summarize",
+    "LOCAL_BACKENDS",
+    "PREFILL_BACKENDS",
+    "SAMPLES_FILE",
+    "SUMMARY_FILE",
+    "SUMMARY_MD",
+    "PROTOCOL_FILE",
+]
+
+logger = logging.getLogger(__name__)
+
+SAMPLES_FILE = "samples.jsonl"
+SUMMARY_FILE = "summary.json"
+SUMMARY_MD = "summary.md"
+PROTOCOL_FILE = "eval.json"
+
+LOCAL_BACKENDS = ("hf", "vllm")  # load a checkpoint in-process: its family decides the coordinate frame
+API_BACKENDS = ("openai", "anthropic")
+# Backends that continue a final assistant message (the forced answer is prefilled); the others get a user turn.
+PREFILL_BACKENDS = frozenset(LOCAL_BACKENDS)
+
+
+@dataclass
+class EvalConfig:
+    """Settings of ``grounded-rl eval``; everything that changes a number is recorded in the protocol.
+
+    The fields come in three groups, marked below: the benchmark (task, data, split, limit), the protocol
+    (single/multi-turn, K samples, decoding as in ViGoRL's evaluation: temperature 0.5, 2048 tokens; the zoom image
+    budget of its code: 5 images) and the backend. ``grounded-rl eval`` exposes each field as a flag.
+    """
+
+    # --- benchmark ---
+    task: str = field(metadata={"help": "Benchmark: vstar, screenspot, screenspot-v2, screenspot-pro, sat2, blink."})
+    model: str = field(metadata={"help": "Checkpoint directory or Hub id (hf, vllm), or the served model name."})
+    data_dir: str | None = field(default=None, metadata={"help": "Benchmark folder in its official layout."})
+    split: str | None = field(default=None, metadata={"help": "Split to evaluate; the task's default when unset."})
+    limit: int | None = field(default=None, metadata={"help": "Evaluate only the first N questions."})
+    # --- protocol ---
+    multi_turn: bool = field(default=False, metadata={"help": "Zoom dialogs instead of one grounded completion."})
+    samples: int = field(default=1, metadata={"help": "Samples K per question: avg@K and pass@K."})
+    temperature: float = field(default=0.5, metadata={"help": "Sampling temperature (ViGoRL's eval: 0.5)."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass."})
+    max_tokens: int = field(default=2048, metadata={"help": "Tokens per generated turn (ViGoRL's eval: 2048)."})
+    seed: int = field(default=0, metadata={"help": "Seed of every request (per question, sample and turn)."})
+    max_images: int = field(
+        default=DEFAULT_MAX_IMAGES,
+        metadata={"help": "Multi-turn image budget, the original included (ViGoRL: 5, i.e. 4 crops, then answer)."},
+    )
+    # --- backend ---
+    backend: str = field(default="hf", metadata={"help": "hf, vllm (local checkpoint), openai or anthropic."})
+    base_urls: list[str] = field(default_factory=list, metadata={"help": "Server endpoints (openai/anthropic)."})
+    max_pixels: int | None = field(
+        default=None,
+        metadata={"help": "API backends: resize images to this pixel budget before sending (the served model's)."},
+    )
+    concurrency: int = field(default=16, metadata={"help": "Questions (dialogs) in flight at once."})
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.samples < 1:
+            problems.append(f"samples={self.samples} (need >= 1)")
+        if self.max_images < 1:
+            problems.append(f"max_images={self.max_images} (need >= 1: the original image)")
+        if self.limit is not None and self.limit < 1:
+            problems.append(f"limit={self.limit} (need >= 1, or unset for all)")
+        if self.concurrency < 1:
+            problems.append(f"concurrency={self.concurrency} (need >= 1)")
+        if self.backend not in LOCAL_BACKENDS + API_BACKENDS:
+            problems.append(f"backend={self.backend!r} (choose one of {', '.join(LOCAL_BACKENDS + API_BACKENDS)})")
+        if self.max_pixels is not None and self.backend in LOCAL_BACKENDS:
+            problems.append("max_pixels is for API backends; a local model's processor decides its own resize")
+        if problems:
+            raise ConfigError("invalid eval settings: " + "; ".join(problems))
+        # Sampling settings are checked where they are used, once, by SamplingParams.
+        self.sampling(1, None)
+
+    def sampling(self, n: int, seed: int | None) -> SamplingParams:
+        return SamplingParams(n=n, temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens,
+                              seed=seed)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# How the model sees an image
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """The coordinate frame a model writes points in, and the resize that defines it.
+
+    Attributes:
+        frame: ``model`` (pixels of the image as the model sees it) or ``norm1000``.
+        resize: the resize bounds of the image the model sees; None when images are sent at original size, so the
+            ``model`` frame is the ``pixel`` frame.
+        coordinate_hint: how the system prompt describes coordinates (None: "pixel coordinates as shown").
+    """
+
+    frame: Frame
+    resize: Resize | None
+    coordinate_hint: str | None = None
+
+    @classmethod
+    def for_config(cls, config: EvalConfig) -> Viewer:
+        """A local Qwen-VL checkpoint writes its family's frame under its processor's resize bounds (read from
+        the checkpoint's config files, weights untouched); an API model writes pixels of the image as sent."""
+        if config.backend not in LOCAL_BACKENDS:
+            return cls(Frame.MODEL, Resize(max_pixels=config.max_pixels) if config.max_pixels is not None else None)
+        from transformers import AutoConfig, AutoImageProcessor
+
+        from grounded_rl.models import family_of, resize_of
+
+        family = family_of(AutoConfig.from_pretrained(config.model))
+        resize = resize_of(AutoImageProcessor.from_pretrained(config.model))
+        return cls(family.frame, resize, NORM1000_HINT if family.frame is Frame.NORM1000 else None)
+
+    def geometry(self, image: Image.Image) -> ImageGeometry:
+        if self.resize is None:
+            return ImageGeometry(image.width, image.height, image.width, image.height)
+        return self.resize.geometry(*image.size)
+
+    def session(self, image: Image.Image, task: Task, kind: AnswerKind, max_images: int) -> ZoomSession:
+        """The zoom tool of one dialog on ``image``."""
+        # Unresized images: the model frame is the pixel frame, which ZoomSession reads without a resize.
+        frame, resize = (Frame.PIXEL, Resize()) if self.resize is None else (self.frame, self.resize)
+        return ZoomSession(image, frame, resize, task.zoom, prompts_for(kind), max_images=max_images)
+
+    def describe(self) -> dict[str, Any]:
+        resize = dataclasses.asdict(self.resize) if self.resize is not None else None
+        return {"frame": self.frame.value, "resize": resize, "coordinate_hint": self.coordinate_hint}
+
+
+def score_answer(task: Task, sample: Sample, answer: str | None, geometry: ImageGeometry, frame: Frame) -> float:
+    """The official score of an ``<answer>`` text written in ``frame``.
+
+    Point answers are read the way the official grounding scripts read them (:func:`trace_forge.tasks.scoring
+    .parse_point`: two numbers, or four as a box centre), then converted to the pixel frame of the sample's
+    canvas, where its target boxes are; other answers go to the verifier as text.
+    """
+    if sample.answer_kind is not AnswerKind.POINT or answer is None:
+        return task.score(sample, answer)
+    xy = scoring.parse_point(answer)
+    point = Point(xy[0], xy[1], frame).to(Frame.PIXEL, geometry) if xy is not None else None
+    return task.score(sample, point)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The student: prompts, single-turn samples, zoom dialogs
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Turn:
+    """One generated assistant turn: the full text (prefill included), and what was prefilled."""
+
+    text: str
+    finish_reason: str | None
+    parsed: Parsed
+    prefill: str = ""
+
+
+@dataclass
+class Dialog:
+    """One sample: its turns, the zoom crops served (pixel-frame points), and how it ended."""
+
+    geometry: ImageGeometry
+    frame: Frame
+    turns: list[Turn] = field(default_factory=list)
+    crops: list[Image.Image] = field(default_factory=list)
+    zooms: list[Point] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+    forced: bool = False
+
+    @property
+    def answer(self) -> str | None:
+        return self.turns[-1].parsed.answer
+
+    def pixel_steps(self) -> list[Step]:
+        """Every grounded step of every turn, converted to the pixel frame."""
+        return [s.to(Frame.PIXEL, self.geometry) for t in self.turns for s in t.parsed.steps]
+
+    def pixel_points(self) -> list[list[float]]:
+        """Every point named (steps and tool calls, in order) in the pixel frame, as ``[x, y]``."""
+        points = (p.to(Frame.PIXEL, self.geometry) for t in self.turns for p in t.parsed.points)
+        return [[round(p.x, 2), round(p.y, 2)] for p in points]
+
+    def pixel_answer(self) -> str | None:
+        """The answer text, a point answer rewritten in the pixel frame (for drawing)."""
+        point = self.turns[-1].parsed.answer_point if self.turns else None
+        return format_point(point.to(Frame.PIXEL, self.geometry)) if point is not None else self.answer
+
+
+class Student:
+    """Asks a model the student prompt and runs the zoom loop, through one :class:`TeacherClient`.
+
+    Args:
+        client: the backend.
+        viewer: the model's coordinate frame.
+        config: decoding settings and the image budget.
+        task: the benchmark (its zoom crop geometry).
+    """
+
+    def __init__(self, client: TeacherClient, viewer: Viewer, config: EvalConfig, task: Task) -> None:
+        self.client = client
+        self.viewer = viewer
+        self.config = config
+        self.task = task
+        self.prefill = config.backend in PREFILL_BACKENDS
+
+    def prompt(self, sample: Sample, canvas: Image.Image) -> list[Message]:
+        prompts = prompts_for(sample.answer_kind)
+        system = prompts.student_system(self.config.multi_turn, coordinate_hint=self.viewer.coordinate_hint)
+        return [Message("system", (system,)), Message("user", (ImageRef(canvas), prompts.question_text(sample)))]
+
+    def _geometry(self, canvas: Image.Image, ref: ImageRef) -> ImageGeometry:
+        # An API model sees the image as the client encodes it; a local one as its processor resizes it.
+        return self.client.geometry(ref) if self.config.backend in API_BACKENDS else self.viewer.geometry(canvas)
+
+    def _parse(self, text: str, geometry: ImageGeometry, expect: Expect) -> Parsed:
+        return parse_response(text, geometry=geometry, frame=self.viewer.frame, expect=expect)
+
+    async def single_turn(self, sample: Sample, canvas: Image.Image, n: int, seed: int) -> list[Dialog]:
+        """``n`` one-completion samples from one request."""
+        chat = self.prompt(sample, canvas)
+        geometry = self._geometry(canvas, chat[1].images[0])
+        completions = await self.client.generate(chat, self.config.sampling(n, seed))
+        return [
+            Dialog(geometry, self.viewer.frame, [Turn(c.text, c.finish_reason, self._parse(c.text, geometry, "single"))])
+            for c in completions
+        ]
+
+    async def multi_turn(self, sample: Sample, canvas: Image.Image, seed: int) -> Dialog:
+        """One zoom dialog: at most ``max_images`` turns; the last is forced to answer."""
+        prompts = prompts_for(sample.answer_kind)
+        chat = self.prompt(sample, canvas)
+        geometry = self._geometry(canvas, chat[1].images[0])
+        session = self.viewer.session(canvas, self.task, sample.answer_kind, self.config.max_images)
+        dialog = Dialog(geometry, self.viewer.frame)
+        for turn in range(self.config.max_images):
+            # Refused zooms spend a turn but no image, so the turn count bounds the dialog too.
+            dialog.forced = session.exhausted or turn == self.config.max_images - 1
+            prefill = ""
+            if dialog.forced and self.prefill:
+                prefill = prompts.forced_answer_prefix()
+                request = [*chat, Message("assistant", (prefill,))]
+            elif dialog.forced:
+                request = [*chat, Message("user", (prompts.teacher_force_answer(),))]
+            else:
+                request = chat
+            (completion,) = await self.client.generate(request, self.config.sampling(1, seed + turn))
+            text = prefill + completion.text
+            parsed = self._parse(text, geometry, "turn")
+            dialog.turns.append(Turn(text, completion.finish_reason, parsed, prefill))
+            call = next((c for c in parsed.tool_calls if c.name == ZOOM_TOOL_NAME), None)
+            if dialog.forced or parsed.answer is not None or call is None:
+                break
+            chat.append(Message("assistant", (text,)))
+            chat.append(Message("tool", self._serve(session, call.arguments.get("point"), dialog)))
+        return dialog
+
+    @staticmethod
+    def _serve(session: ZoomSession, point: object, dialog: Dialog) -> tuple[str | ImageRef, ...]:
+        """The tool's reply to a zoom call: the crop and its observation, or why it was refused."""
+        x, y = point if isinstance(point, list) and len(point) == 2 else (point, None)
+        try:
+            result = session.zoom(x, y)
+        except ZoomRefused as e:
+            dialog.refused.append(str(e))
+            return (str(e),)
+        dialog.crops.append(result.image)
+        dialog.zooms.append(result.point)
+        return (ImageRef(result.image), result.text)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Records, resume, summary
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _seed(base: int, question_id: str, k: int) -> int:
+    """A per-(question, sample) seed: independent of evaluation order, so a resumed run draws the same samples."""
+    digest = hashlib.sha256(f"{base}:{question_id}:{k}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") >> 1  # 31 bits: every backend takes it
+
+
+def _record(sample: Sample, k: int, dialog: Dialog, score: float, mode: str) -> dict[str, Any]:
+    g = dialog.geometry
+    return {
+        "question_id": sample.id,
+        "k": k,
+        "task": sample.task,
+        "category": sample.category,
+        "mode": mode,
+        "prompt_version": PROMPT_VERSION,
+        "frame": dialog.frame.value,
+        "geometry": [g.width, g.height, g.model_width, g.model_height],
+        "turns": [
+            {"text": t.text, "prefill": t.prefill, "finish_reason": t.finish_reason,
+             "problems": [p.code.value for p in t.parsed.problems]}
+            for t in dialog.turns
+        ],
+        "points": dialog.pixel_points(),
+        "zooms": [[round(p.x, 2), round(p.y, 2)] for p in dialog.zooms],
+        "refused_zooms": len(dialog.refused),
+        "forced": dialog.forced,
+        "answer": dialog.answer,
+        "score": score,
+    }
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def protocol(config: EvalConfig, task: Task, viewer: Viewer) -> dict[str, Any]:
+    """Everything that decides a number: reproduce it by evaluating with the same protocol."""
+    import grounded_rl
+    import trace_forge
+
+    return {
+        "task": config.task,
+        "split": config.split or task.default_split,
+        "model": config.model,
+        "backend": config.backend,
+        "base_urls": list(config.base_urls),
+        "mode": "multi" if config.multi_turn else "single",
+        "samples": config.samples,
+        "decoding": {"temperature": config.temperature, "top_p": config.top_p, "max_tokens": config.max_tokens},
+        "seed": config.seed,
+        "prompt_version": PROMPT_VERSION,
+        "prompt_templates_sha256": TEMPLATES_SHA256,
+        "coordinates": {**viewer.describe(), "max_pixels": config.max_pixels},
+        "zoom": {
+            "max_images": config.max_images,
+            "max_turns": config.max_images,
+            "crop": task.zoom.crop,
+            "out": task.zoom.out,
+            "dot": task.zoom.dot,
+            "forced_answer": "prefill" if config.backend in PREFILL_BACKENDS else "user_instruction",
+        } if config.multi_turn else None,
+        "verifier": f"trace_forge.tasks.{type(task).__name__}.score",
+        "versions": {"grounded_rl": grounded_rl.__version__, "trace_forge": trace_forge.__version__},
+    }
+
+
+def _check_protocol(out_dir: Path, current: dict[str, Any]) -> None:
+    """Refuse to mix samples of two protocols in one output directory."""
+    path = out_dir / PROTOCOL_FILE
+    if not path.exists():
+        _write_atomic(path, json.dumps(current, indent=2, sort_keys=True) + "\n")
+        return
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    if changed:
+        raise ConfigError(
+            f"{out_dir} holds an evaluation with a different protocol (differs in: {', '.join(changed)}); "
+            "use another --out, or the same settings to resume"
+        )
+
+
+def summarize(task: Task, samples: Iterable[Sample], records: Iterable[dict[str, Any]], k: int) -> dict[str, Any]:
+    """Metrics of finished records under the benchmark's own aggregation.
+
+    ``avg@K`` aggregates each question's mean score over its samples (with K=1, the benchmark's accuracy);
+    ``pass@K`` aggregates the unbiased pass@K of each question. Only questions with all ``k`` samples count.
+    """
+    by_id = {s.id: s for s in samples}
+    scores: dict[str, dict[int, float]] = {}
+    for r in records:
+        if r["question_id"] in by_id and r["k"] < k:
+            scores.setdefault(r["question_id"], {})[r["k"]] = r["score"]
+    complete = [(by_id[q], list(s.values())) for q, s in scores.items() if len(s) == k]
+    if not complete:
+        raise ConfigError("no question has all its samples scored; nothing to summarize")
+    avg = task.aggregate([(s, metrics.mean(v)) for s, v in complete])
+    passed = task.aggregate([(s, metrics.pass_at_k(k, sum(x >= 1.0 for x in v), k)) for s, v in complete])
+    return {f"avg@{k}": avg, f"pass@{k}": passed, "questions": len(complete)}
+
+
+def _counts(records: list[dict[str, Any]]) -> dict[str, Any]:
+    problems = Counter(code for r in records for t in r["turns"] for code in set(t["problems"]))
+    return {
+        "samples": len(records),
+        "answered": sum(r["answer"] is not None for r in records),
+        "well_formed": sum(not any(t["problems"] for t in r["turns"]) for r in records),
+        "truncated": sum(r["turns"][-1]["finish_reason"] == "length" for r in records),
+        "forced_answers": sum(r["forced"] for r in records),
+        "zooms": sum(len(r["zooms"]) for r in records),
+        "refused_zooms": sum(r["refused_zooms"] for r in records),
+        "problems": dict(sorted(problems.items())),
+    }
+
+
+def _markdown(summary: dict[str, Any], k: int) -> str:
+    p = summary["protocol"]
+    avg, passed = summary["metrics"][f"avg@{k}"], summary["metrics"][f"pass@{k}"]
+    lines = [
+        f"# {p['task']} ({p['split']}): {p['model']}",
+        "",
+        f"{p['mode']}-turn, K={k}, temperature {p['decoding']['temperature']}, top_p {p['decoding']['top_p']}, "
+        f"seed {p['seed']}, prompt v{p['prompt_version']}, {summary['metrics']['questions']} questions.",
+        "",
+        f"| category | avg@{k} (%) | pass@{k} (%) |",
+        "|---|---:|---:|",
+    ]
+    lines += [f"| {name} | {100 * avg[name]:.2f} | {100 * passed[name]:.2f} |" for name in avg]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The evaluation
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def make_client(config: EvalConfig) -> TeacherClient:
+    """The client of ``config.backend``; API backends send images resized to ``config.max_pixels`` if set."""
+    resize = Resize(max_pixels=config.max_pixels) if config.max_pixels is not None else None
+    return build_client(config.backend, config.model, config.base_urls, resize=resize)
+
+
+def evaluate(
+    config: EvalConfig,
+    out_dir: str | Path,
+    *,
+    client: TeacherClient | None = None,
+    on_record: Callable[[dict[str, Any], int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``config.model`` on ``config.task``, resuming from ``out_dir/samples.jsonl`` if present.
+
+    Args:
+        config: what to evaluate and how.
+        out_dir: output directory (created); holds ``eval.json``, ``samples.jsonl``, ``summary.json/.md``.
+        client: a ready client (tests, or to share a loaded model); built from ``config`` when None and closed
+            at the end.
+        on_record: called after each finished sample with ``(record, done, total)`` (progress bars).
+
+    Returns:
+        The summary written to ``summary.json``.
+
+    Raises:
+        ConfigError: bad settings, or ``out_dir`` holds an evaluation under another protocol.
+        TeacherError: a request failed for good; finished samples are kept, rerun to resume.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    task = get_task(config.task)
+    samples = list(task.load(data_dir=config.data_dir, split=config.split, limit=config.limit))
+    if not samples:
+        raise ConfigError(f"task {config.task!r} loaded no samples from {config.data_dir}")
+    viewer = Viewer.for_config(config)
+    current = protocol(config, task, viewer)
+    _check_protocol(out, current)
+
+    path = out / SAMPLES_FILE
+    done = {(r["question_id"], r["k"]) for r in read_records(path, repair=True)}
+    todo = [(s, [k for k in range(config.samples) if (s.id, k) not in done]) for s in samples]
+    todo = [(s, ks) for s, ks in todo if ks]
+    total = len(samples) * config.samples
+    logger.info("%s: %d of %d samples already done", config.task, total - sum(len(ks) for _, ks in todo), total)
+    asyncio.run(_run(config, task, viewer, client, todo, path, total, on_record))
+
+    records = list(read_records(path))
+    summary = {
+        "task": config.task,
+        "metrics": summarize(task, samples, records, config.samples),
+        "counts": _counts([r for r in records if r["question_id"] in {s.id for s in samples}]),
+        "protocol": current,
+    }
+    _write_atomic(out / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    _write_atomic(out / SUMMARY_MD, _markdown(summary, config.samples))
+    return summary
+
+
+async def _run(
+    config: EvalConfig,
+    task: Task,
+    viewer: Viewer,
+    client: TeacherClient | None,
+    todo: list[tuple[Sample, list[int]]],
+    path: Path,
+    total: int,
+    on_record: Callable[[dict[str, Any], int, int], None] | None,
+) -> None:
+    owned = client is None
+    client = client if client is not None else make_client(config)
+    student = Student(client, viewer, config, task)
+    mode = "multi" if config.multi_turn else "single"
+    slots = asyncio.Semaphore(config.concurrency)
+    done = total - sum(len(ks) for _, ks in todo)
+
+    def finish(sample: Sample, k: int, dialog: Dialog) -> None:
+        nonlocal done
+        score = score_answer(task, sample, dialog.answer, dialog.geometry, dialog.frame)
+        record = _record(sample, k, dialog, score, mode)
+        append_record(path, record)
+        done += 1
+        if on_record is not None:
+            on_record(record, done, total)
+
+    async def question(sample: Sample, ks: list[int]) -> None:
+        async with slots:
+            canvas = sample.canvas()
+            if config.multi_turn:
+                for k in ks:
+                    finish(sample, k, await student.multi_turn(sample, canvas, _seed(config.seed, sample.id, k)))
+            else:
+                # One request for all K samples; on resume the missing ones are taken from the same draw.
+                dialogs = await student.single_turn(sample, canvas, config.samples, _seed(config.seed, sample.id, 0))
+                for k in ks:
+                    finish(sample, k, dialogs[k])
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for sample, ks in todo:
+                group.create_task(question(sample, ks))
+    except BaseExceptionGroup as failed:
+        raise failed.exceptions[0]  # noqa: B904 - the first failure, with its own cause, is the error to report
+    finally:
+        if owned:
+            await client.aclose()
