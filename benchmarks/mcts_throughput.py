@@ -1,8 +1,9 @@
 """MCTS throughput: trace-forge's concurrent search vs. a faithful baseline of the reference design.
 
-A loopback OpenAI-compatible server answers with a fixed latency and serves at most ``--server-concurrency``
-requests at once (like a GPU server at its batch limit). Its replies are a deterministic scripted teacher
-(grounded steps, answers after a few steps), so both searches do comparable work.
+A loopback OpenAI-compatible server, in its own process as a real server would be, answers with a fixed latency
+and serves at most ``--server-concurrency`` requests at once (like a GPU server at its batch limit). Its replies
+are a deterministic scripted teacher (grounded steps, answers after a few steps), so both searches do comparable
+work.
 
 - **trace-forge**: ``run_search`` with the client's request limit set to the server's concurrency: many trees at
   once, one request with ``n = k`` per expansion, rollouts of all children in parallel.
@@ -23,13 +24,15 @@ import argparse
 import asyncio
 import hashlib
 import queue
+import subprocess
+import sys
 import threading
 import time
+from contextlib import contextmanager
 
 from openai import OpenAI
 from PIL import Image, ImageDraw
 
-from tests.trace_forge.fake_servers import FakeOpenAIServer
 from trace_forge.grounding import Box
 from trace_forge.grounding.format import parse_response
 from trace_forge.search.mcts import SearchConfig, run_search
@@ -68,25 +71,41 @@ def teacher_reply(req, i: int) -> str:
     return f"<think>The object near ({h % 320}, {(h >> 12) % 240}) is relevant.</think>"
 
 
+@contextmanager
+def loopback_server(latency: float, concurrency: int):
+    """The fake teacher server in a child process (so it does not share the GIL with the client); yields its URL."""
+    code = (
+        "import sys; from tests.trace_forge.fake_servers import FakeOpenAIServer; "
+        "from benchmarks.mcts_throughput import teacher_reply\n"
+        f"with FakeOpenAIServer(latency_s={latency}, max_concurrency={concurrency}, reply_text=teacher_reply) as s:\n"
+        "    print(s.base_url, flush=True); sys.stdin.read()"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        yield proc.stdout.readline().strip()
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=30)
+
+
 # --- trace-forge --------------------------------------------------------------------------------------------------
 
 
-def run_ours(samples, server, args, run_dir) -> tuple[float, int]:
+def run_ours(samples, url, args, run_dir) -> tuple[float, int]:
     task = get_task("vstar")
     config = SearchConfig(simulations=args.simulations)
-    client = build_client("openai", "teacher", [server.base_url], config=RuntimeConfig(
+    client = build_client("openai", "teacher", [url], config=RuntimeConfig(
         concurrency=args.server_concurrency, timeout_s=600, max_retries=0))
 
     async def go():
         async with client:
             return await run_search(samples, task, client, config, RunStore(run_dir))
 
-    before = server.request_count
     start = time.perf_counter()
     summary = asyncio.run(go())
     wall = time.perf_counter() - start
     assert summary.done == len(samples), summary
-    return wall, server.request_count - before
+    return wall, client.usage.requests
 
 
 # --- baseline: the reference design -------------------------------------------------------------------------------
@@ -147,7 +166,7 @@ def baseline_question(sample: Sample, http: OpenAI, simulations: int, encoder: I
     return calls
 
 
-def run_baseline(samples, server, args) -> tuple[float, int]:
+def run_baseline(samples, url, args) -> tuple[float, int]:
     work: queue.Queue[Sample] = queue.Queue()
     for s in samples:
         work.put(s)
@@ -155,7 +174,7 @@ def run_baseline(samples, server, args) -> tuple[float, int]:
     encoder = ImageEncoder()
 
     def worker(w: int) -> None:
-        http = OpenAI(base_url=server.base_url, api_key="EMPTY", max_retries=0, timeout=600)
+        http = OpenAI(base_url=url, api_key="EMPTY", max_retries=0, timeout=600)
         while True:
             try:
                 sample = work.get_nowait()
@@ -185,10 +204,9 @@ def main() -> None:
     import tempfile
 
     samples = make_samples(args.questions)
-    with FakeOpenAIServer(latency_s=args.latency, max_concurrency=args.server_concurrency,
-                          reply_text=teacher_reply) as server, tempfile.TemporaryDirectory() as tmp:
-        ours_wall, ours_calls = run_ours(samples, server, args, tmp)
-        base_wall, base_calls = run_baseline(samples[: args.baseline_questions], server, args)
+    with loopback_server(args.latency, args.server_concurrency) as url, tempfile.TemporaryDirectory() as tmp:
+        ours_wall, ours_calls = run_ours(samples, url, args, tmp)
+        base_wall, base_calls = run_baseline(samples[: args.baseline_questions], url, args)
 
     ideal = ours_calls * args.latency / args.server_concurrency
     base_full = base_wall * args.questions / args.baseline_questions
@@ -199,7 +217,8 @@ def main() -> None:
     print(f"baseline    : {base_wall:8.1f} s  {base_calls:6d} calls on {args.baseline_questions} questions "
           f"({base_calls / args.baseline_questions:.1f}/question, {args.baseline_workers} workers)")
     print(f"baseline extrapolated to {args.questions} questions: {base_full:.1f} s")
-    print(f"speed-up vs baseline: {base_full / ours_wall:.1f}x   trace-forge / ideal: {ours_wall / ideal:.2f}x")
+    print(f"speed-up vs baseline: {base_full / ours_wall:.1f}x   trace-forge / ideal: "
+          + (f"{ours_wall / ideal:.2f}x" if ideal else "n/a (zero latency)"))
 
 
 if __name__ == "__main__":

@@ -12,13 +12,15 @@ so a zoom reveals detail the resized view lost.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from PIL import Image
 
 from trace_forge.grounding import Frame, ImageGeometry, Point, Resize, ZoomSpec, zoom
-from trace_forge.tasks.prompts import PromptSet
+from trace_forge.tasks import AnswerKind, get_task
+from trace_forge.tasks.prompts import PromptSet, prompts_for
 
-__all__ = ["ZoomSession", "ZoomResult", "ZoomRefused", "DEFAULT_MAX_IMAGES"]
+__all__ = ["ZoomSession", "ZoomResult", "ZoomRefused", "ZoomEnvironment", "DEFAULT_MAX_IMAGES"]
 
 DEFAULT_MAX_IMAGES = 5  # the original image plus at most 4 crops (ViGoRL's limit_images)
 
@@ -88,3 +90,66 @@ class ZoomSession:
         crop = zoom(self.image, pixel.x, pixel.y, self.spec)
         self.zooms.append(pixel)
         return ZoomResult(crop.image, self.prompts.zoom_observation((x, y), self.spec.dot), pixel)
+
+
+class ZoomEnvironment:
+    """The zoom tool as a TRL ``environment_factory`` environment (``GRPOTrainer(environment_factory=...)``).
+
+    TRL builds one instance per rollout, calls :meth:`reset` with the rollout's dataset row, and exposes every
+    other public method as a tool: here only :meth:`zoom`, whose schema matches ``ZOOM_TOOL_SPEC`` (arguments
+    ``{"point": [x, y]}``). A refused zoom raises :class:`ZoomRefused`; TRL catches it and shows the model the
+    message as the tool's reply. The image budget of GRPO is set with ``max_tool_calling_iterations``
+    (``max_images - 1``), so the session's own limit is a backstop.
+
+    Args:
+        resize: the processor's resize bounds (defines the ``model`` frame).
+        frame: the frame the model writes points in.
+        max_images: images per dialog, the original included.
+        spec: crop geometry; the row's task's (``Task.zoom``) when ``None``.
+
+    Example:
+        >>> from functools import partial
+        >>> from PIL import Image
+        >>> env = partial(ZoomEnvironment, Resize(max_pixels=448 * 448), Frame.MODEL)()
+        >>> env.reset(image=Image.new("RGB", (800, 600)), task="vstar")
+        >>> parts = env.zoom([100, 80])
+        >>> parts[0]["image"].size, parts[1]["text"]
+        ((672, 672), 'Here is the zoomed crop of the image centred on (100, 80).')
+    """
+
+    def __init__(
+        self, resize: Resize, frame: Frame, max_images: int = DEFAULT_MAX_IMAGES, spec: ZoomSpec | None = None
+    ) -> None:
+        self._resize = resize
+        self._frame = Frame(frame)
+        self._max_images = max_images
+        self._spec = spec
+        self.session: ZoomSession | None = None
+
+    def reset(self, image: Image.Image, task: str, answer_kind: str | None = None, **row: Any) -> None:
+        """Start a rollout on the row's image (its canvas at original resolution); the prompt is left as it is."""
+        task_ = get_task(task)
+        self.session = ZoomSession(
+            image=image.convert("RGB"),
+            frame=self._frame,
+            resize=self._resize,
+            spec=self._spec or task_.zoom,
+            prompts=prompts_for(AnswerKind(answer_kind) if answer_kind else task_.answer_kind),
+            max_images=self._max_images,
+        )
+
+    def zoom(self, point: list[int]) -> list[dict[str, Any]]:
+        """Zoom in on a point of the image and receive a close-up crop centred on it.
+
+        Args:
+            point: The point to zoom on, as [x, y] in the image coordinates used in the text.
+
+        Returns:
+            The crop as an image part, then the observation text.
+        """
+        if self.session is None:
+            raise RuntimeError("zoom called before reset")
+        if not isinstance(point, list) or len(point) != 2:
+            raise ZoomRefused(f"zoom needs 'point' as [x, y], got {point!r}")
+        result = self.session.zoom(*point)
+        return [{"type": "image", "image": result.image}, {"type": "text", "text": result.text}]

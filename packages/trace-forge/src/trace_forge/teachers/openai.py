@@ -29,6 +29,8 @@ from trace_forge.teachers.usage import token_shares
 
 __all__ = ["OpenAITeacher"]
 
+_POOLS_PER_REPLICA = 8
+
 
 @register_teacher
 class OpenAITeacher(Teacher):
@@ -59,31 +61,37 @@ class OpenAITeacher(Teacher):
         super().__init__(model, encoder=encoder)
         self.base_urls = tuple(base_urls)
         key = resolve_api_key(api_key_env, "OPENAI_API_KEY", local=bool(self.base_urls))
-        # The runtime owns retries; the SDK must not retry behind its back.
+        # The runtime owns retries; the SDK must not retry behind its back. Each replica gets several SDK
+        # clients: httpx scans its whole connection pool on every request, which costs more CPU than the request
+        # itself once hundreds are in flight; a few smaller pools keep that cost flat.
         self._replicas = [
-            openai.AsyncOpenAI(api_key=key, base_url=url, max_retries=0, timeout=timeout_s)
+            [openai.AsyncOpenAI(api_key=key, base_url=url, max_retries=0, timeout=timeout_s)
+             for _ in range(_POOLS_PER_REPLICA)]
             for url in (self.base_urls or (None,))
         ]
-        self._in_flight = [0] * len(self._replicas)
+        self._in_flight = [[0] * _POOLS_PER_REPLICA for _ in self._replicas]
         self._next = 0
 
     async def _generate(self, chat: Chat, params: SamplingParams) -> list[Completion]:
         body = self._body(chat, params)
         replica = self._pick_replica()
-        self._in_flight[replica] += 1
+        counts = self._in_flight[replica]
+        pool = counts.index(min(counts))
+        counts[pool] += 1
         try:
             with translate_sdk_errors(openai, self.name):
-                response = await self._replicas[replica].chat.completions.create(**body)
+                response = await self._replicas[replica][pool].chat.completions.create(**body)
         finally:
-            self._in_flight[replica] -= 1
+            counts[pool] -= 1
         return self._completions(response)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "base_urls": list(self.base_urls)}
 
     async def aclose(self) -> None:
-        for client in self._replicas:
-            await client.close()
+        for pools in self._replicas:
+            for client in pools:
+                await client.close()
 
     def __repr__(self) -> str:
         return f"OpenAITeacher(model={self.model!r}, base_urls={self.base_urls!r})"
@@ -91,7 +99,7 @@ class OpenAITeacher(Teacher):
     def _pick_replica(self) -> int:
         """Least requests in flight; ties go to the next replica in round-robin order."""
         k = len(self._replicas)
-        best = min(((self._next + j) % k for j in range(k)), key=self._in_flight.__getitem__)
+        best = min(((self._next + j) % k for j in range(k)), key=lambda r: sum(self._in_flight[r]))
         self._next = (best + 1) % k
         return best
 

@@ -1,0 +1,375 @@
+"""GRPO with grounded rewards, single-turn or multi-turn with the zoom tool (ViGoRL's RL stage, on TRL).
+
+    grounded-rl grpo --model runs/sft --task vstar --data-dir data/vstar --out runs/grpo
+    grounded-rl grpo --model runs/sft-multi --task vstar --data-dir data/vstar --multi-turn --out runs/grpo-multi \\
+        --use-vllm --vllm-mode colocate
+
+One prompt row per question: ``prompt`` = [system (student prompt), user (question)], ``image`` = the canvas at
+full resolution (TRL puts it before the question), plus the columns the rewards read (see :mod:`grounded_rl.rewards`).
+Multi-turn rollouts call :class:`~grounded_rl.env.ZoomEnvironment` through TRL's tool loop: crops join the
+forward pass, their tokens are masked from the loss (TRL's ``tool_mask``), and truncated rollouts are masked
+(``mask_truncated_completions``). :class:`GroundedGRPOTrainer` adds the one rule TRL lacks: over-turn masking.
+
+TRL logs every reward component (``rewards/<name>/mean``: accuracy, format, zoom diversity, point validity as
+``grounding_reward``), ``tools/call_frequency`` (zoom calls per rollout), ``completions/mean_length``, ``kl`` and
+``entropy``, to the console and TensorBoard (``OUT/runs``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset, Features, Image, List, Value
+from trl import GRPOConfig, GRPOTrainer
+
+from grounded_rl.data import image_token_count, load_traces
+from grounded_rl.env import DEFAULT_MAX_IMAGES, ZoomEnvironment
+from grounded_rl.models import Family, family_of, load_model_and_processor, resize_of
+from grounded_rl.rewards import DEFAULT_WEIGHTS, build_rewards
+from grounded_rl.sft import freeze_vision_tower
+from trace_forge.errors import ConfigError
+from trace_forge.grounding import ZOOM_TOOL_SPEC, Box, Frame, Resize
+from trace_forge.tasks import AnswerKind, Sample, get_task
+from trace_forge.tasks.prompts import NORM1000_HINT, prompts_for
+
+__all__ = ["GroundedGRPOConfig", "GroundedGRPOTrainer", "prompt_rows", "load_prompts", "build_trainer", "run_grpo", "RUN_FILE"]
+
+logger = logging.getLogger(__name__)
+
+RUN_FILE = "grpo_run.json"  # resolved config, versions and git commit, written next to the model
+
+# Columns of a prompt dataset; Features pinned so empty lists and None answers keep their types.
+PROMPT_FEATURES = Features(
+    {
+        "prompt": List({"role": Value("string"), "content": Value("string")}),
+        "image": Image(mode="RGB"),
+        "task": Value("string"),
+        "question_id": Value("string"),
+        "answer_kind": Value("string"),
+        "answer": Value("string"),
+        "options": List(Value("string")),
+        "target_boxes": List(List(Value("float64"))),
+        "image_size": List(Value("int32")),
+        "model_size": List(Value("int32")),
+        "frame": Value("string"),
+        "mode": Value("string"),
+    }
+)
+
+
+@dataclass
+class GroundedGRPOConfig(GRPOConfig):
+    """[`~trl.GRPOConfig`] with ViGoRL's GRPO recipe (arXiv 2505.23678, Table A2 single-turn, A5.3 multi-turn).
+
+    Parameters that control the data:
+        model, task, data_dir, data, split, limit: where the policy and the prompts come from.
+
+    Parameters that control the method:
+        multi_turn, max_images, rewards, diversity_requires_correct, freeze_vision, max_prompt_length.
+
+    Changed defaults (paper values): ``learning_rate=1e-6``, ``beta=0.01``, ``epsilon=0.2``,
+    ``epsilon_high=0.28``, ``temperature=1.0``, ``top_p=0.99``, ``max_completion_length=2048``,
+    ``weight_decay=0.01``, ``warmup_steps=0.05`` (a ratio), ``mask_truncated_completions=True``,
+    ``logging_steps=1``, ``report_to=["tensorboard"]``. Mode-dependent, resolved in ``__post_init__`` when unset:
+    ``num_generations`` 5 (8 multi-turn), ``max_grad_norm`` 1.0 (0.2 multi-turn), ``per_device_train_batch_size``
+    = ``num_generations`` (one question's group per device step), ``max_tool_calling_iterations`` =
+    ``max_images - 1`` and ``rewards`` = :data:`~grounded_rl.rewards.DEFAULT_WEIGHTS` of the mode.
+    """
+
+    # --- data ---
+    model: str | None = field(default=None, metadata={"help": "Policy checkpoint (usually the SFT output)."})
+    task: str | None = field(default=None, metadata={"help": "trace-forge task whose samples become prompts."})
+    task_options: dict[str, Any] | None = field(
+        default=None, metadata={"help": "Options of the task (e.g. the column map of 'generic')."}
+    )
+    data_dir: str | None = field(default=None, metadata={"help": "The task's data folder (official layout)."})
+    data: str | None = field(
+        default=None, metadata={"help": "Instead of a task: a trace-forge dataset (DIR with hf/, or Hub id)."}
+    )
+    split: str | None = field(default=None, metadata={"help": "Split to train on; the task's default when unset."})
+    limit: int | None = field(default=None, metadata={"help": "Use only the first N questions."})
+    # --- method ---
+    multi_turn: bool = field(default=False, metadata={"help": "Zoom-tool dialogs instead of one completion."})
+    max_images: int = field(
+        default=DEFAULT_MAX_IMAGES,
+        metadata={"help": "Images per multi-turn dialog, original included (ViGoRL: 5); past it: over-turn."},
+    )
+    rewards: dict[str, float] | None = field(
+        default=None, metadata={"help": "{reward name: weight}; ViGoRL's weights of the mode when unset."}
+    )
+    diversity_requires_correct: bool = field(
+        default=True, metadata={"help": "Pay the zoom-diversity bonus only to correct answers (ViGoRL: always)."}
+    )
+    freeze_vision: bool = field(default=True, metadata={"help": "Freeze the vision tower (ViGoRL, Table A2)."})
+    max_prompt_length: int | None = field(
+        default=4096, metadata={"help": "Drop prompts longer than this, image tokens included (Table A2: 4096)."}
+    )
+    # --- changed defaults ---
+    learning_rate: float = field(default=1e-6, metadata={"help": "AdamW learning rate (Table A2)."})
+    beta: float = field(default=0.01, metadata={"help": "KL coefficient (Table A2)."})
+    epsilon: float = field(default=0.2, metadata={"help": "Lower clip range (A5.1)."})
+    epsilon_high: float | None = field(default=0.28, metadata={"help": "Upper clip range (Table A2: 0.28)."})
+    temperature: float = field(default=1.0, metadata={"help": "Rollout temperature (Table A2)."})
+    top_p: float = field(default=0.99, metadata={"help": "Rollout nucleus mass (Table A2)."})
+    max_completion_length: int | None = field(
+        default=2048, metadata={"help": "Tokens per rollout, observations included (Table A2: 2048)."}
+    )
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (Table A2)."})
+    warmup_steps: float = field(default=0.05, metadata={"help": "Warmup; a float < 1 is a ratio (Table A2: 0.05)."})
+    mask_truncated_completions: bool = field(
+        default=True, metadata={"help": "Mask rollouts that end without EOS from the loss (A5.3)."}
+    )
+    logging_steps: float = field(default=1, metadata={"help": "Log every N steps."})
+    report_to: str | list[str] | None = field(default_factory=lambda: ["tensorboard"], metadata={"help": "Loggers."})
+    num_generations: int | None = field(default=None, metadata={"help": "Group size: 5, multi-turn 8 (Table A2)."})
+    max_grad_norm: float | None = field(default=None, metadata={"help": "Gradient clip: 1.0, multi-turn 0.2."})
+    per_device_train_batch_size: int | None = field(
+        default=None, metadata={"help": "Rollouts per device step; num_generations when unset."}
+    )
+
+    def __post_init__(self) -> None:
+        if (self.task is None) == (self.data is None):
+            raise ConfigError("give exactly one of task (with data_dir) and data")
+        if self.max_images < 1:
+            raise ConfigError(f"max_images={self.max_images}: need >= 1 (the original image)")
+        mode = "multi" if self.multi_turn else "single"
+        self.num_generations = self.num_generations or (8 if self.multi_turn else 5)
+        self.max_grad_norm = self.max_grad_norm if self.max_grad_norm is not None else (0.2 if self.multi_turn else 1.0)
+        self.per_device_train_batch_size = self.per_device_train_batch_size or self.num_generations
+        if self.multi_turn and self.max_tool_calling_iterations is None:
+            self.max_tool_calling_iterations = self.max_images - 1
+        self.rewards = dict(self.rewards or DEFAULT_WEIGHTS[mode])
+        super().__post_init__()
+
+    @property
+    def mode(self) -> str:
+        return "multi" if self.multi_turn else "single"
+
+
+class GroundedGRPOTrainer(GRPOTrainer):
+    """GRPOTrainer plus over-turn masking for multi-turn zoom dialogs."""
+
+    def _generate(self, prompts: list) -> tuple:
+        """Generate as TRL does, then mask over-turn rollouts from the loss.
+
+        Rule: a rollout whose last assistant turn still calls a tool ran out of turns (``max_tool_calling_iterations``
+        reached, or the next observation would not fit in ``max_completion_length``) without answering. Its
+        rewards are 0 already (no answer, broken grammar); its tokens get ``tool_mask = 0`` so that the policy is
+        not pushed away from a dialog that was cut short rather than wrong. It still counts in its group's mean.
+        Logged as ``tools/over_turn_ratio``.
+        """
+        output = super()._generate(prompts)
+        _, _, tool_mask, completions, *_ = output
+        if tool_mask is None:
+            return output
+        over = [bool(c and c[-1].get("role") == "assistant" and c[-1].get("tool_calls")) for c in completions]
+        for mask, is_over in zip(tool_mask, over, strict=True):
+            if is_over:
+                mask[:] = [0] * len(mask)
+        ratio = self.accelerator.gather(torch.tensor(over, dtype=torch.float32, device=self.accelerator.device))
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["tools/over_turn_ratio"].append(ratio.mean().item())
+        return output
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Prompts
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _system(kind: AnswerKind, multi_turn: bool, family: Family) -> str:
+    hint = NORM1000_HINT if family.frame is Frame.NORM1000 else None
+    return prompts_for(kind).student_system(multi_turn, coordinate_hint=hint)
+
+
+def prompt_rows(samples: list[Sample], resize: Resize, family: Family, multi_turn: bool) -> dict[str, list[Any]]:
+    """Prompt rows (columns of :data:`PROMPT_FEATURES`) for ``samples``.
+
+    Args:
+        samples: task samples; their canvas is the image.
+        resize: the processor's resize bounds (the ``model_size`` column, which defines the ``model`` frame).
+        family: the policy's family: its frame, and the 0-1000 coordinate hint for Qwen3-VL.
+        multi_turn: student system prompt and ``mode`` of the zoom dialogs.
+    """
+    columns: dict[str, list[Any]] = {name: [] for name in PROMPT_FEATURES}
+    for s in samples:
+        canvas = s.canvas()
+        question = prompts_for(s.answer_kind).question_text(s)
+        columns["prompt"].append(
+            [
+                {"role": "system", "content": _system(s.answer_kind, multi_turn, family)},
+                {"role": "user", "content": question},
+            ]
+        )
+        columns["image"].append(canvas)
+        columns["task"].append(s.task)
+        columns["question_id"].append(s.id)
+        columns["answer_kind"].append(s.answer_kind.value)
+        columns["answer"].append(s.answer)
+        columns["options"].append(list(s.options))
+        columns["target_boxes"].append([b.to_list() for b in s.target_boxes])
+        columns["image_size"].append(list(canvas.size))
+        columns["model_size"].append(list(resize.model_size(*canvas.size)))
+        columns["frame"].append(family.frame.value)
+        columns["mode"].append("multi" if multi_turn else "single")
+    return columns
+
+
+_OPTION_LINE = re.compile(r"^\(([A-Z])\) (.*)$")
+
+
+def _samples_from_traces(rows: Dataset) -> list[Sample]:
+    """One sample per question of a trace dataset (its prompts are the student prompts of the same version).
+
+    The dataset stores the rendered question, not the options: they are read back from its "(A) ..." lines, and
+    re-rendering must give the stored text exactly, so a wording change is an error rather than a wrong label.
+    """
+    samples: dict[tuple[str, str], Sample] = {}
+    for row in rows.remove_columns([c for c in rows.column_names if c == "images"]):
+        key = (row["task"], row["question_id"])
+        if key in samples:
+            continue
+        user_text = "".join(p["text"] or "" for p in row["messages"][1]["content"] if p["type"] == "text")
+        task = get_task(row["task"])
+        lines = user_text.split("\n")
+        options = [m[2] for m in map(_OPTION_LINE.match, lines) if m]
+        question = "\n".join(line for line in lines[:-1] if not _OPTION_LINE.match(line))
+        sample = Sample(
+            id=row["question_id"], task=task.name, images=[], question=question, answer_kind=task.answer_kind,
+            options=options, answer=row["answer"] if task.answer_kind is not AnswerKind.POINT else None,
+            category=row["category"],
+        )
+        sample.target_boxes = [Box(*b) for b in row["target_boxes"]]
+        if prompts_for(task.answer_kind).question_text(sample) != user_text:
+            raise ConfigError(f"cannot read the question of {key} back from its trace (prompt version mismatch?)")
+        samples[key] = sample
+    return list(samples.values())
+
+
+def load_prompts(config: GroundedGRPOConfig, processor: Any, family: Family) -> Dataset:
+    """The prompt dataset of ``config``: from a task's samples, or from the questions of a trace dataset."""
+    resize = resize_of(processor)
+    if config.task is not None:
+        task = get_task(config.task, **(config.task_options or {}))
+        samples = list(task.load(data_dir=config.data_dir, split=config.split, limit=config.limit))
+    else:
+        traces = load_traces(config.data, config.split or "train")
+        samples = _samples_from_traces(traces)
+        samples = samples[: config.limit]
+        for sample, image in zip(samples, _first_images(traces, samples), strict=True):
+            sample.images = [image]
+    if not samples:
+        raise ConfigError(f"no prompts: {config.task or config.data} gave no samples")
+    columns = prompt_rows(samples, resize, family, config.multi_turn)
+    dataset = Dataset.from_dict(columns, features=PROMPT_FEATURES)
+    if config.max_prompt_length is not None:
+        pairs = zip(columns["prompt"], columns["image_size"], strict=True)
+        lengths = [_prompt_tokens(processor, prompt, size, config.multi_turn) for prompt, size in pairs]
+        keep = [i for i, n in enumerate(lengths) if n <= config.max_prompt_length]
+        if len(keep) < len(lengths):
+            logger.warning("dropped %d prompts longer than %d tokens", len(lengths) - len(keep), config.max_prompt_length)
+        dataset = dataset.select(keep)
+    logger.info("%d %s-turn prompts", len(dataset), config.mode)
+    return dataset
+
+
+def _first_images(traces: Dataset, samples: list[Sample]) -> list[Any]:
+    """The canvas (first image) of each sample's first trace row."""
+    first: dict[str, int] = {}
+    for i, qid in enumerate(traces["question_id"]):
+        first.setdefault(qid, i)
+    return [traces[first[s.id]]["images"][0] for s in samples]
+
+
+def _prompt_tokens(processor: Any, prompt: list[dict], image_size: list[int], multi_turn: bool) -> int:
+    """Prompt length in tokens: the rendered chat (one image pad token) plus the image's visual tokens."""
+    user = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt[1]["content"]}]}
+    text = processor.apply_chat_template(
+        [prompt[0], user], tools=[ZOOM_TOOL_SPEC] if multi_turn else None, tokenize=False, add_generation_prompt=True
+    )
+    return len(processor.tokenizer(text)["input_ids"]) - 1 + image_token_count(processor, *image_size)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def build_trainer(config: GroundedGRPOConfig) -> GroundedGRPOTrainer:
+    """Load the policy, the prompts, the rewards and (multi-turn) the zoom environment into a trainer."""
+    # ---- policy: our chat template, vision tower frozen (ViGoRL: projector and LLM trained) -------------------
+    dtype = torch.bfloat16 if config.bf16 else torch.float32
+    model, processor = load_model_and_processor(config.model, dtype=dtype)
+    processor.tokenizer.padding_side = "left"  # TRL generates from left-padded prompts
+    family = family_of(model.config)
+    if config.freeze_vision:
+        logger.info("froze %d vision-tower parameters", freeze_vision_tower(model))
+
+    # ---- prompts and rewards ------------------------------------------------------------------------------------
+    train_dataset = load_prompts(config, processor, family)
+    reward_funcs, config.reward_weights = build_rewards(config.rewards, config.diversity_requires_correct)
+    logger.info("rewards and weights: %s", config.rewards)
+
+    # ---- multi-turn: one zoom environment per rollout, holding its row's image -----------------------------------
+    environment = (
+        partial(ZoomEnvironment, resize_of(processor), family.frame, config.max_images) if config.multi_turn else None
+    )
+    return GroundedGRPOTrainer(
+        model=model,
+        reward_funcs=reward_funcs,
+        args=config,
+        train_dataset=train_dataset,
+        processing_class=processor,
+        environment_factory=environment,
+    )
+
+
+def run_grpo(config: GroundedGRPOConfig) -> Path:
+    """Train ``config.model`` with GRPO and save the policy (with its processor) to ``config.output_dir``.
+
+    Resumes from the last ``checkpoint-*`` in ``output_dir`` when there is one. Trainer errors propagate.
+
+    Returns:
+        The output directory.
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = build_trainer(config)
+    _write_run_file(out, config)
+    trainer.train(resume_from_checkpoint=get_last_checkpoint(str(out)))
+    trainer.save_model(str(out))  # with the processor (our templates included): TRL saves its processing class
+    return out
+
+
+def _write_run_file(out: Path, config: GroundedGRPOConfig) -> None:
+    """Record the resolved config, package versions and git commit next to the model."""
+    import grounded_rl
+    import trace_forge
+
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
+    info = {
+        "config": json.loads(config.to_json_string()),
+        "versions": {
+            "grounded_rl": grounded_rl.__version__,
+            "trace_forge": trace_forge.__version__,
+            "python": sys.version.split()[0],
+        },
+        "git_commit": commit,
+    }
+    (out / RUN_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n", encoding="utf-8")

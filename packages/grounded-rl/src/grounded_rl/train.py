@@ -1,0 +1,170 @@
+"""The whole ViGoRL pipeline from one YAML file: (tiny model) -> traces -> SFT -> GRPO -> evaluation.
+
+    grounded-rl train --config data/configs/demo.yaml          # tiny model, sim teacher, CPU, a few minutes
+    grounded-rl train --config data/configs/vigorl_3b_single.yaml
+
+Every stage writes into ``OUT/<stage>/`` and finishes by writing ``OUT/<stage>/DONE`` (JSON: what ran, when). A
+stage whose ``DONE`` exists is skipped, so a rerun after a crash resumes at the first unfinished stage (SFT and GRPO
+also resume from their own trainer checkpoints). Stages:
+
+- ``base``: make the random tiny model (only when the config has ``tiny_model``; else ``model`` is the base);
+- ``traces``: ``trace-forge search`` with the configured teacher, then ``trace-forge linearize`` for multi-turn
+  (only when the config has ``traces``; else ``data`` names an existing trace dataset);
+- ``sft``: :func:`grounded_rl.sft.train` on the traces (ViGoRL's warm start);
+- ``grpo``: :func:`grounded_rl.grpo.run_grpo` from the SFT checkpoint;
+- ``eval``: :func:`grounded_rl.eval.evaluate` of the GRPO checkpoint (only when the config has ``eval``).
+
+The YAML keys ``sft``, ``grpo`` and ``eval`` hold the fields of :class:`~grounded_rl.sft.SFTArgs`,
+:class:`~grounded_rl.grpo.GroundedGRPOConfig` and :class:`~grounded_rl.eval.EvalConfig`; the pipeline fills in
+the model and data paths that link the stages.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from trace_forge.errors import ConfigError
+
+__all__ = ["PipelineConfig", "DONE", "run_pipeline"]
+
+logger = logging.getLogger(__name__)
+
+DONE = "DONE"  # per-stage completion marker, written last
+
+
+@dataclass
+class PipelineConfig:
+    """A ``grounded-rl train`` YAML file."""
+
+    out: str = field(metadata={"help": "Run root; each stage writes OUT/<stage>/."})
+    model: str | None = field(default=None, metadata={"help": "Base checkpoint (unless tiny_model makes one)."})
+    tiny_model: dict[str, Any] | None = field(
+        default=None, metadata={"help": "Make a random tiny model first: {family, seed} (CPU demos)."}
+    )
+    traces: dict[str, Any] | None = field(
+        default=None,
+        metadata={"help": "Mine traces first: {task, data_dir, teacher, mode, search_args: [extra CLI flags]}."},
+    )
+    data: str | None = field(default=None, metadata={"help": "An existing trace dataset (unless traces mines one)."})
+    sft: dict[str, Any] = field(default_factory=dict, metadata={"help": "SFTArgs fields."})
+    grpo: dict[str, Any] = field(default_factory=dict, metadata={"help": "GroundedGRPOConfig fields."})
+    eval: dict[str, Any] | None = field(default=None, metadata={"help": "EvalConfig fields; no eval stage if unset."})
+
+    def __post_init__(self) -> None:
+        if (self.model is None) == (self.tiny_model is None):
+            raise ConfigError("set exactly one of model (a checkpoint) and tiny_model ({family, seed})")
+        if (self.data is None) == (self.traces is None):
+            raise ConfigError("set exactly one of data (a trace dataset) and traces (mine one)")
+        if self.traces is not None and not {"task", "data_dir"} <= set(self.traces):
+            raise ConfigError("traces needs at least task and data_dir")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> PipelineConfig:
+        """Read a config file; unknown top-level keys are an error naming the known ones."""
+        import yaml
+
+        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known) if isinstance(values, dict) else ["<not a mapping>"]
+        if unknown:
+            raise ConfigError(f"{path}: unknown keys {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+    @property
+    def multi_turn(self) -> bool:
+        return bool(self.grpo.get("multi_turn", False))
+
+
+def _stage(out: Path, name: str, run: Callable[[Path], Any]) -> Path:
+    """Run one stage into ``out/name`` unless its ``DONE`` marker exists; write the marker last."""
+    stage_dir = out / name
+    marker = stage_dir / DONE
+    if marker.is_file():
+        logger.info("stage %s: done already (%s), skipped", name, marker)
+        return stage_dir
+    logger.info("stage %s: running into %s", name, stage_dir)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    run(stage_dir)
+    marker.write_text(json.dumps({"stage": name, "seconds": round(time.time() - start, 1)}) + "\n", encoding="utf-8")
+    return stage_dir
+
+
+def _trace_forge(*argv: str) -> None:
+    """Run a ``trace-forge`` command in this process (its own CLI is the stable interface); errors propagate."""
+    import typer
+
+    from trace_forge.cli import app
+
+    typer.main.get_command(app).main(args=list(argv), prog_name="trace-forge", standalone_mode=False)
+
+
+def run_pipeline(config: PipelineConfig) -> dict[str, Path]:
+    """Run every stage of ``config`` in order, skipping finished ones.
+
+    Returns:
+        ``{stage: output directory}`` of the stages that are part of this config.
+    """
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    dirs: dict[str, Path] = {}
+
+    # ---- base model ---------------------------------------------------------------------------------------------
+    base = config.model
+    if config.tiny_model is not None:
+        from grounded_rl.tiny import make_tiny_model
+
+        dirs["base"] = _stage(out, "base", lambda d: make_tiny_model(d, **config.tiny_model))
+        base = str(dirs["base"])
+
+    # ---- traces: MCTS with the teacher, linearized into a trace dataset -----------------------------------------
+    data = config.data
+    if config.traces is not None:
+        t = config.traces
+        mode = t.get("mode", "multi" if config.multi_turn else "single")
+
+        def mine(d: Path) -> None:
+            resume = ["--resume"] if (d / "run.json").exists() else []  # a crashed search continues
+            _trace_forge(
+                "search", "--task", t["task"], "--data-dir", str(t["data_dir"]), "--out", str(d),
+                "--teacher", t.get("teacher", "sim"), "--quiet", *resume, *map(str, t.get("search_args", [])),
+            )
+            if mode == "multi":
+                _trace_forge("linearize", str(d), "--mode", "multi", "--overwrite")
+
+        dirs["traces"] = _stage(out, "traces", mine)
+        data = str(dirs["traces"] / f"dataset-{mode}")
+
+    # ---- SFT: the warm start ------------------------------------------------------------------------------------
+    from grounded_rl.sft import SFTArgs
+    from grounded_rl.sft import train as run_sft
+
+    def sft(d: Path) -> None:
+        run_sft(SFTArgs.from_sources(None, {**config.sft, "model": base, "data": data, "out": str(d)}))
+
+    dirs["sft"] = _stage(out, "sft", sft)
+
+    # ---- GRPO from the SFT checkpoint ---------------------------------------------------------------------------
+    from grounded_rl.grpo import GroundedGRPOConfig, run_grpo
+
+    def grpo(d: Path) -> None:
+        run_grpo(GroundedGRPOConfig(**{**config.grpo, "model": str(dirs["sft"]), "output_dir": str(d)}))
+
+    dirs["grpo"] = _stage(out, "grpo", grpo)
+
+    # ---- evaluation ---------------------------------------------------------------------------------------------
+    if config.eval is not None:
+        try:
+            from grounded_rl.eval import EvalConfig, evaluate
+        except ImportError as e:  # written concurrently; the pipeline still trains without it
+            logger.warning("stage eval skipped: grounded_rl.eval is not importable (%s)", e)
+            return dirs
+        settings = {"multi_turn": config.multi_turn, **config.eval, "model": str(dirs["grpo"])}
+        dirs["eval"] = _stage(out, "eval", lambda d: evaluate(EvalConfig(**settings), d))
+    return dirs

@@ -1,0 +1,243 @@
+"""GRPO on the tiny model, CPU: single-turn steps, and multi-turn steps through the real zoom tool loop.
+
+The random tiny model never writes a tool call, so the multi-turn run uses a *scripted policy*: a logits processor
+added to ``generate`` forces a fixed zoom turn (or, after a tool response, a fixed answer turn). Everything after
+sampling is real: TRL's tool loop calls :class:`ZoomEnvironment`, crops join the training forward pass, rewards,
+masks and the update run as in training. One prompt of the two never answers, to exercise over-turn masking.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from grounded_rl.env import ZoomEnvironment
+from grounded_rl.grpo import GroundedGRPOConfig, build_trainer, run_grpo
+from trace_forge.grounding import render_answer_turn, render_zoom_turn
+
+TASK_OPTIONS = {"image": "image", "question": "question", "boxes": "boxes", "answer_kind": "point"}
+REPO = Path(__file__).resolve().parents[2]
+ANSWERS = "Point to the red square."  # this prompt's scripted rollouts zoom, then answer
+LOOPS = "Where is the red square?"  # this one's keep zooming: over-turn
+
+
+@pytest.fixture(scope="module")
+def squares(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A two-question point task in the generic layout: a red square on white, 224 x 168 px."""
+    root = tmp_path_factory.mktemp("squares")
+    rows = []
+    for i, question in enumerate((ANSWERS, LOOPS)):
+        image = Image.new("RGB", (224, 168), "white")
+        box = [40 + 60 * i, 40, 80 + 60 * i, 80]
+        ImageDraw.Draw(image).rectangle(box, fill="red")
+        image.save(root / f"{i}.png")
+        rows.append({"image": f"{i}.png", "question": question, "boxes": [box]})
+    (root / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return root
+
+
+def config(model: Path, data: Path, out: Path, **overrides) -> GroundedGRPOConfig:
+    base = dict(
+        model=str(model), task="generic", task_options=TASK_OPTIONS, data_dir=str(data), output_dir=str(out),
+        num_generations=2, max_steps=2, max_completion_length=40, learning_rate=1e-3, use_cpu=True, report_to=[],
+        save_strategy="no", seed=0, shuffle_dataset=False,
+    )
+    return GroundedGRPOConfig(**{**base, **overrides})
+
+
+def test_config_resolves_the_paper_defaults_per_mode(tmp_path: Path) -> None:
+    single = GroundedGRPOConfig(output_dir=str(tmp_path), task="vstar", use_cpu=True, report_to=[])
+    assert (single.num_generations, single.max_grad_norm, single.per_device_train_batch_size) == (5, 1.0, 5)
+    assert (single.learning_rate, single.beta, single.epsilon, single.epsilon_high) == (1e-6, 0.01, 0.2, 0.28)
+    assert (single.temperature, single.top_p, single.max_completion_length) == (1.0, 0.99, 2048)
+    assert single.rewards == {"format": 0.5, "accuracy": 0.5, "grounding": 0.0} and single.mask_truncated_completions
+    multi = GroundedGRPOConfig(output_dir=str(tmp_path), task="vstar", multi_turn=True, use_cpu=True, report_to=[])
+    assert (multi.num_generations, multi.max_grad_norm, multi.max_tool_calling_iterations) == (8, 0.2, 4)
+    assert multi.rewards["accuracy"] == 0.6 and multi.rewards["zoom_diversity"] == 0.4
+
+
+def test_single_turn_grpo_runs_and_saves(tiny_qwen2_5_vl_dir: Path, squares: Path, tmp_path: Path) -> None:
+    out = run_grpo(config(tiny_qwen2_5_vl_dir, squares, tmp_path / "grpo"))
+    assert (out / "model.safetensors").is_file() and (out / "chat_template.jinja").is_file()
+    run = json.loads((out / "grpo_run.json").read_text())
+    assert run["config"]["rewards"] == {"format": 0.5, "accuracy": 0.5, "grounding": 0.0}
+    assert run["config"]["reward_weights"] == [0.5, 0.5, 0.0]
+    assert run["config"]["num_generations"] == 2 and run["git_commit"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Multi-turn with a scripted policy
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class Script:
+    """A logits processor forcing one scripted assistant turn per row; which one depends on the row's context."""
+
+    def __init__(self, tokenizer) -> None:
+        def ids(text: str) -> list[int]:
+            return tokenizer(text + "<|im_end|>", add_special_tokens=False)["input_ids"]
+
+        self.zoom_first = ids(render_zoom_turn("The square (30, 30).", (30, 30)))
+        self.zoom_again = ids(render_zoom_turn("Maybe here (120, 60).", (120, 60)))
+        self.answer = ids(render_answer_turn("Found it.", "(60, 60)"))
+        self.tool_response = tokenizer.convert_tokens_to_ids("<tool_response>")
+        self.loops = tokenizer(LOOPS, add_special_tokens=False)["input_ids"]
+        self.start: int | None = None
+
+    def _turn(self, row: list[int]) -> list[int]:
+        looping = any(row[i : i + len(self.loops)] == self.loops for i in range(len(row)))
+        if self.tool_response not in row:
+            return self.zoom_first
+        return self.zoom_again if looping else self.answer
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.start is None:
+            self.start = input_ids.shape[1]
+        step = input_ids.shape[1] - self.start
+        forced = torch.full_like(scores, float("-inf"))
+        for b, row in enumerate(input_ids.tolist()):
+            turn = self._turn(row[: self.start])
+            forced[b, turn[min(step, len(turn) - 1)]] = 0.0
+        return forced
+
+
+@pytest.fixture(scope="module")
+def multi_run(tiny_qwen2_5_vl_dir: Path, squares: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Two multi-turn GRPO steps (one prompt each): what the vision tower saw with grad on, and the batches."""
+    from transformers import LogitsProcessorList
+
+    cfg = config(
+        tiny_qwen2_5_vl_dir, squares, tmp_path_factory.mktemp("grpo-multi"),
+        multi_turn=True, max_images=2, max_completion_length=700, diversity_requires_correct=False,
+    )
+    trainer = build_trainer(cfg)
+    model = trainer.model
+    real_generate = model.generate
+
+    def scripted_generate(*args, **kwargs):  # a fresh script per call: each call starts its own turn
+        return real_generate(*args, logits_processor=LogitsProcessorList([Script(trainer.processing_class.tokenizer)]),
+                             **kwargs)
+
+    model.generate = scripted_generate
+
+    crops: list[Image.Image] = []
+    real_zoom = ZoomEnvironment.zoom
+
+    @functools.wraps(real_zoom)  # TRL finds tools by name
+    def recording_zoom(self, point):
+        parts = real_zoom(self, point)
+        crops.append(parts[0]["image"])
+        return parts
+
+    seen: list[torch.Tensor] = []
+
+    def capture(module, args, kwargs):
+        if torch.is_grad_enabled():  # the training forward; generation and reference passes run without grad
+            seen.append((args[0] if args else kwargs["hidden_states"]).detach().clone())
+
+    batches: list[dict] = []
+    real_score = trainer._generate_and_score_completions
+
+    def recording_score(inputs):
+        output = real_score(inputs)
+        batches.append(output)
+        return output
+
+    trainer._generate_and_score_completions = recording_score
+    hook = model.model.visual.register_forward_pre_hook(capture, with_kwargs=True)
+    ZoomEnvironment.zoom = recording_zoom
+    try:
+        trainer.train()
+    finally:
+        ZoomEnvironment.zoom = real_zoom
+        hook.remove()
+    logs = [e for e in trainer.state.log_history if "tools/call_frequency" in e]
+    return {"trainer": trainer, "crops": crops, "seen": seen, "batches": batches, "logs": logs}
+
+
+def test_multi_turn_grpo_calls_the_zoom_tool(multi_run: dict) -> None:
+    logs = multi_run["logs"]
+    assert len(logs) == 2
+    assert [e["tools/call_frequency"] for e in logs] == [1.0, 1.0]  # one zoom per rollout (limit: 2 images)
+    assert [e["tools/failure_frequency"] for e in logs] == [0.0, 0.0]
+    assert len(multi_run["crops"]) == 4  # 2 prompts x 2 generations, one crop each
+    assert all(c.size == (672, 672) for c in multi_run["crops"])  # the task's zoom spec (V*-style crop)
+    assert {"rewards/zoom_diversity_reward/mean", "rewards/accuracy_reward/mean", "kl", "entropy"} <= set(logs[0])
+
+
+def test_crop_pixels_reach_the_training_forward_pass(multi_run: dict) -> None:
+    processor = multi_run["trainer"].processing_class
+    seen = torch.cat(multi_run["seen"])  # (patches, channels * patch volume) of every training forward
+    assert seen.numel() > 0
+
+    rows = {bytes(row.view(torch.int16).numpy()) for row in seen.to(torch.bfloat16)}  # exact, hashable
+
+    def found(image: Image.Image) -> float:
+        """Share of ``image``'s patches (as the processor makes them, in bf16) among the rows seen."""
+        patches = processor.image_processor(images=[image], return_tensors="pt")["pixel_values"].to(torch.bfloat16)
+        return sum(bytes(p.view(torch.int16).numpy()) in rows for p in patches) / len(patches)
+
+    for crop in multi_run["crops"]:
+        # Every patch of the crop is a row of what the vision tower got while gradients were on.
+        assert found(crop) == 1.0, "a crop's patches are missing from the training forward pass"
+    # And not trivially: an image that was never shown is not there.
+    assert found(Image.new("RGB", (672, 672), (0, 128, 255))) == 0.0
+
+
+def test_tool_tokens_and_over_turn_rollouts_are_masked(multi_run: dict) -> None:
+    ratios = sorted(e["tools/over_turn_ratio"] for e in multi_run["logs"])
+    assert ratios == [0.0, 1.0]  # the looping prompt's group is over-turn, the other is not
+    tokenizer = multi_run["trainer"].processing_class.tokenizer
+    for batch in multi_run["batches"]:
+        for ids, tool_mask, mask in zip(batch["completion_ids"], batch["tool_mask"], batch["completion_mask"],
+                                        strict=True):
+            text = tokenizer.decode(ids[mask.bool()])
+            if text.count("<tool_call>") > 1:  # zoomed twice: over-turn, nothing trained
+                assert tool_mask.sum() == 0
+            else:  # zoom, observation, answer: the observation (with its crop tokens) is masked, the rest trained
+                masked = tokenizer.decode(ids[(tool_mask == 0) & mask.bool()])
+                assert "<tool_response>" in masked and "<|image_pad|>" in masked
+                trained = tokenizer.decode(ids[(tool_mask == 1) & mask.bool()])
+                assert "<tool_call>" in trained and "<answer>" in trained and "<|image_pad|>" not in trained
+
+
+def test_prompts_from_a_trace_dataset_recover_the_ground_truth(tiny_qwen2_5_vl_dir: Path, tmp_path: Path) -> None:
+    """``--data``: one prompt per question of a trace dataset, options read back from the rendered question."""
+    from transformers import AutoProcessor
+
+    from grounded_rl.grpo import load_prompts
+    from grounded_rl.models import Family, install_templates
+    from trace_forge.dataset import FEATURES, write_dataset
+    from trace_forge.tasks import get_task
+    from trace_forge.tasks.prompts import prompts_for
+
+    samples = list(get_task("vstar").load(REPO / "data" / "samples" / "vstar", limit=2))
+    rows = []
+    for sample in samples:
+        prompts = prompts_for(sample.answer_kind)
+        text = [{"type": "text", "text": prompts.question_text(sample)}]
+        messages = [
+            {"role": "system", "content": [{"type": "text", "text": prompts.student_system(False)}]},
+            {"role": "user", "content": [{"type": "image", "text": None}, *text]},
+            {"role": "assistant", "content": [{"type": "text", "text": "<think> (1, 2) </think><answer> x </answer>"}]},
+        ]
+        canvas = sample.canvas()
+        row = {name: None for name in FEATURES} | {
+            "messages": messages, "images": [canvas], "question_id": sample.id, "task": "vstar", "steps": [],
+            "answer": sample.answer, "image_size": list(canvas.size), "node_values": [], "category": sample.category,
+            "target_boxes": [b.to_list() for b in sample.target_boxes],
+        }
+        rows += [row, row]  # two chains of one question -> one prompt
+    write_dataset({"train": rows}, tmp_path / "traces")
+
+    processor = install_templates(AutoProcessor.from_pretrained(tiny_qwen2_5_vl_dir), Family.QWEN2_5_VL)
+    cfg = GroundedGRPOConfig(output_dir=str(tmp_path), data=str(tmp_path / "traces"), use_cpu=True, report_to=[])
+    prompts = load_prompts(cfg, processor, Family.QWEN2_5_VL)
+    assert prompts["question_id"] == [s.id for s in samples]
+    assert prompts["options"] == [s.options for s in samples] and prompts["answer"] == [s.answer for s in samples]
+    assert [list(img.size) for img in prompts["image"]] == [list(s.canvas().size) for s in samples]
