@@ -108,7 +108,7 @@ def as_user_turn(message: Message) -> Message:
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to sample. ``top_k`` and ``repetition_penalty`` are vLLM extras (sent in ``extra_body``; None omits).
+    """How to sample. ``top_k`` and ``repetition_penalty`` are vLLM extras (sent as extra body fields; None omits).
 
     ``seed`` makes a request reproducible where the server supports it; when the runtime splits ``n`` samples
     over several requests, request ``j`` starting at sample index ``i`` uses ``seed + i`` so the parts differ.
