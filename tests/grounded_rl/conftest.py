@@ -15,6 +15,18 @@ import pytest
 TinyModelDir = Callable[[str], Path]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """One torch thread: tiny models gain nothing from intra-op parallelism, and on a busy 2-core machine two
+    OpenMP threads spin against other processes (training steps measured about 10x slower)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> TinyModelDir:
     """A function ``family -> checkpoint dir`` building each family's tiny model (seed 0) at most once."""

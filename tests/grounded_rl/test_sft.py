@@ -21,16 +21,6 @@ from trace_forge.dataset import write_dataset
 from trace_forge.errors import ConfigError
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine, two OpenMP threads spin against other processes and
-    training steps get about 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def traces(tmp_path_factory):
     """Four grounded chains (two multi-turn with crops, two single-turn) and a one-row validation split."""

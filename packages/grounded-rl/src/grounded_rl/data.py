@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from grounded_rl.models import Family, geometry_for, resize_of
-from trace_forge.errors import DataError
+from trace_forge.errors import ConfigError, DataError
 from trace_forge.grounding import Frame, Point, Step
 from trace_forge.grounding.format import format_point
 from trace_forge.tasks.prompts import NORM1000_HINT, TEMPLATES
@@ -140,7 +140,7 @@ def set_max_pixels(processor: ProcessorMixin, max_pixels: int) -> None:
     image_processor = processor.image_processor
     min_pixels = resize_of(processor).min_pixels
     if max_pixels < min_pixels:
-        raise DataError(f"max_pixels {max_pixels} is below the processor's min_pixels {min_pixels}")
+        raise ConfigError(f"max_pixels {max_pixels} is below the processor's min_pixels {min_pixels}")
     image_processor.size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
     if hasattr(image_processor, "max_pixels"):
         image_processor.max_pixels = max_pixels

@@ -37,7 +37,7 @@ from grounded_rl.models import Family, family_of, load_model_and_processor, resi
 from grounded_rl.rewards import DEFAULT_WEIGHTS, build_rewards
 from grounded_rl.sft import freeze_vision_tower
 from trace_forge.errors import ConfigError
-from trace_forge.grounding import ZOOM_TOOL_SPEC, Box, Frame, Resize
+from trace_forge.grounding import Box, Frame, Resize
 from trace_forge.tasks import AnswerKind, Sample, get_task
 from trace_forge.tasks.prompts import NORM1000_HINT, prompts_for
 
@@ -273,7 +273,7 @@ def load_prompts(config: GroundedGRPOConfig, processor: Any, family: Family) -> 
     dataset = Dataset.from_dict(columns, features=PROMPT_FEATURES)
     if config.max_prompt_length is not None:
         pairs = zip(columns["prompt"], columns["image_size"], strict=True)
-        lengths = [_prompt_tokens(processor, prompt, size, config.multi_turn) for prompt, size in pairs]
+        lengths = [_prompt_tokens(processor, prompt, size) for prompt, size in pairs]
         keep = [i for i, n in enumerate(lengths) if n <= config.max_prompt_length]
         if len(keep) < len(lengths):
             logger.warning("dropped %d prompts longer than %d tokens", len(lengths) - len(keep), config.max_prompt_length)
@@ -290,11 +290,11 @@ def _first_images(traces: Dataset, samples: list[Sample]) -> list[Any]:
     return [traces[first[s.id]]["images"][0] for s in samples]
 
 
-def _prompt_tokens(processor: Any, prompt: list[dict], image_size: list[int], multi_turn: bool) -> int:
+def _prompt_tokens(processor: Any, prompt: list[dict], image_size: list[int]) -> int:
     """Prompt length in tokens: the rendered chat (one image pad token) plus the image's visual tokens."""
     user = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt[1]["content"]}]}
     text = processor.apply_chat_template(
-        [prompt[0], user], tools=[ZOOM_TOOL_SPEC] if multi_turn else None, tokenize=False, add_generation_prompt=True
+        [prompt[0], user], tokenize=False, add_generation_prompt=True
     )
     return len(processor.tokenizer(text)["input_ids"]) - 1 + image_token_count(processor, *image_size)
 

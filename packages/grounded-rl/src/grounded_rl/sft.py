@@ -1,9 +1,10 @@
 """Supervised fine-tuning on trace-forge datasets: the warm start of ViGoRL (arXiv 2505.23678, Table A1).
 
-Runs end to end on CPU with the tiny model and the bundled samples::
+Runs end to end on CPU with the tiny model and traces mined from the bundled samples::
 
-    grounded-rl make-tiny-model /tmp/tiny
-    grounded-rl sft --model /tmp/tiny --data traces/vstar-sim --out runs/sft-tiny --max-steps 20
+    trace-forge search --task vstar --data-dir data/samples/vstar --teacher sim --limit 4 --out runs/vstar-sim
+    grounded-rl make-tiny-model runs/tiny
+    grounded-rl sft --config data/configs/sft_tiny_cpu.yaml --data runs/vstar-sim/dataset-single --out runs/sft
 
 The loop is TRL's ``SFTTrainer`` (accelerate underneath, so the same command runs under ``accelerate launch`` with
 DeepSpeed ZeRO-3 or FSDP); what this module adds is the data path of :mod:`grounded_rl.data` (points in the

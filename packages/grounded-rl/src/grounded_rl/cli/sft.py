@@ -16,12 +16,12 @@ Examples:
 
   # CPU smoke run: tiny random model, traces mined with the simulated teacher
 
-  grounded-rl sft --model /tmp/tiny --data traces/vstar-sim --out runs/sft-tiny --max-steps 20 --lr 1e-3
+  grounded-rl sft --config data/configs/sft_tiny_cpu.yaml --data runs/vstar-sim/dataset-single --out runs/sft
 
   # the paper's 3B recipe on 8 GPUs (DeepSpeed ZeRO-3)
 
   accelerate launch --config_file data/configs/accelerate/zero3.yaml $(which grounded-rl) sft
-  --config data/configs/sft_qwen2_5_vl_3b.yaml --data traces/vstar --out runs/sft-3b
+  --config data/configs/sft_qwen2_5_vl_3b.yaml --data traces/sat2/dataset-single --out runs/sft-3b
 """
 
 _DEFAULTS = {f.name: f.default for f in fields(SFTArgs)}
@@ -61,9 +61,10 @@ def sft(
 ) -> None:
     """Fine-tune a Qwen-VL model on grounded reasoning traces (single- or multi-turn), ViGoRL's SFT stage.
 
-    Loss is on assistant tokens only; points are rewritten into the model's coordinate frame; chats over
-    --max-length lose whole trailing turns. Writes the final model (HF format), checkpoints, TensorBoard logs
-    (OUT/runs) and the resolved configuration (OUT/grounded_rl_sft.json).
+    Loss on assistant tokens only; points rewritten into the model's coordinate frame; chats over --max-length
+    lose whole trailing turns.
+
+    Writes the final model (HF format), checkpoints, TensorBoard logs (OUT/runs) and OUT/grounded_rl_sft.json.
     """
     from grounded_rl.sft import train
 

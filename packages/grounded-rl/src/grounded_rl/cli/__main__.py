@@ -1,0 +1,3 @@
+from grounded_rl.cli import main
+
+main()

@@ -1,0 +1,3 @@
+from trace_forge.cli import main
+
+main()
