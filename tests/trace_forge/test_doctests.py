@@ -11,7 +11,9 @@ import trace_forge
 # In-process model backends import torch / vLLM at module level; they are exercised by their own tests.
 _SKIP = {"trace_forge.teachers.hf", "trace_forge.teachers.vllm"}
 MODULES = sorted(
-    m.name for m in pkgutil.walk_packages(trace_forge.__path__, "trace_forge.") if m.name not in _SKIP
+    m.name
+    for m in pkgutil.walk_packages(trace_forge.__path__, "trace_forge.")
+    if m.name not in _SKIP and not m.name.endswith(".__main__")  # importing __main__ would run the CLI
 )
 
 
