@@ -5,6 +5,7 @@ import re
 
 import pytest
 
+from trace_forge.grounding.format import render_zoom_turn
 from trace_forge.tasks import prompts
 from trace_forge.tasks.prompts import (
     NORM1000_HINT,
@@ -21,6 +22,7 @@ from trace_forge.tasks.sample import AnswerKind, Sample
 # this table exists to catch.
 RELEASED = {
     "1": "bbf0eeed7e3d80afbfd702021719d9f6bcd4f87420fb539f619e62bb480ec4e5",
+    "2": "7c44b01b8b707cd9a0cad8f13437b9243c32fd7cf976fb83ea9be8dbdf9120f2",  # multi-line tool call example; student force-answer and closing-thought wording
 }
 
 
@@ -131,9 +133,12 @@ def test_student_system_single_and_multi_turn():
     single = ps.student_system(multi_turn=False)
     assert "<think>" in single and "<answer>" in single and "(x, y)" in single and "tool_call" not in single
     multi = ps.student_system(multi_turn=True)
-    call = re.search(r"<tool_call>(.*)</tool_call>", multi)
+    call = re.search(r"<tool_call>(.*)</tool_call>", multi, re.DOTALL)
     assert call is not None
     assert json.loads(call.group(1).replace("[x, y]", "[1, 2]")) == {"name": "zoom", "arguments": {"point": [1, 2]}}
+    # The example is written exactly as training data writes a zoom turn's call.
+    rendered = render_zoom_turn("t", (1, 2))
+    assert call.group(0).replace("[x, y]", "[1, 2]") == rendered[rendered.index("<tool_call>"):]
     assert "exactly one <think>" in multi and "centred" in multi and "different" in multi
 
 
@@ -145,6 +150,7 @@ def test_zoom_observation_and_forced_answer():
     prefix = ps.forced_answer_prefix()
     assert prefix.startswith("<think>") and prefix.endswith("<answer>") and "</think>" in prefix
     assert "<answer>" in ps.teacher_force_answer()
+    assert "<answer>" in ps.student_force_answer() and ps.closing_thought()
 
 
 def test_prompt_sets_are_frozen():

@@ -39,8 +39,8 @@ __all__ = [
     "templates_sha256",
 ]
 
-PROMPT_VERSION = "1"
-TEMPLATES_SHA256 = "bbf0eeed7e3d80afbfd702021719d9f6bcd4f87420fb539f619e62bb480ec4e5"
+PROMPT_VERSION = "2"
+TEMPLATES_SHA256 = "7c44b01b8b707cd9a0cad8f13437b9243c32fd7cf976fb83ea9be8dbdf9120f2"
 
 PIXEL_COORDINATES = "integer pixel coordinates of the image as shown"
 NORM1000_HINT = (
@@ -80,7 +80,9 @@ _STUDENT_SYSTEM_MULTI = """\
 You answer a visual question by reasoning step by step, grounding every step in the image, and you can zoom in.
 Each of your turns starts with exactly one <think> ... </think> block, followed by exactly one of:
 - a zoom tool call on one point, written as
-<tool_call>{"name": "zoom", "arguments": {"point": [x, y]}}</tool_call>
+<tool_call>
+{"name": "zoom", "arguments": {"point": [x, y]}}
+</tool_call>
 The tool replies with a crop of the image centred on that point.
 - the final answer inside <answer> ... </answer>, in the format the question asks for.
 Points are (x, y) in $coordinates, always of the full image, never of a crop. Every point you zoom on must be \
@@ -92,6 +94,12 @@ _ZOOM_OBSERVATION_DOT = "Here is the zoomed crop of the image centred on ($x, $y
 _FORCED_ANSWER_PREFIX = (
     "<think> I have zoomed as many times as allowed, so I will answer from what I have seen. </think>\n<answer>"
 )
+
+_STUDENT_FORCE_ANSWER = """\
+You have used all your zooms. Reply now with one <think> ... </think> block and the final answer inside \
+<answer> ... </answer>."""
+
+_CLOSING_THOUGHT = "I have seen enough to answer."
 
 _ANSWER_FORMATS = {
     AnswerKind.OPTION: "Answer with the exact text of the chosen option, without its letter.",
@@ -115,6 +123,8 @@ TEMPLATES: Mapping[str, str] = MappingProxyType(
         "zoom_observation": _ZOOM_OBSERVATION,
         "zoom_observation_dot": _ZOOM_OBSERVATION_DOT,
         "forced_answer_prefix": _FORCED_ANSWER_PREFIX,
+        "student_force_answer": _STUDENT_FORCE_ANSWER,
+        "closing_thought": _CLOSING_THOUGHT,
         **{f"answer_format_{kind.value}": text for kind, text in _ANSWER_FORMATS.items()},
     }
 )
@@ -211,6 +221,14 @@ class PromptSet:
     def forced_answer_prefix(self) -> str:
         """Assistant-turn prefix that closes the reasoning and opens ``<answer>`` when the zoom limit is reached."""
         return _FORCED_ANSWER_PREFIX
+
+    def student_force_answer(self) -> str:
+        """User turn asking for the answer at the zoom limit, for backends that cannot continue a prefix (APIs)."""
+        return _STUDENT_FORCE_ANSWER
+
+    def closing_thought(self) -> str:
+        """The thought of a final zoom-dialog turn whose steps were all spent on zooms."""
+        return _CLOSING_THOUGHT
 
 
 _PROMPT_SETS = {kind: PromptSet(kind, text) for kind, text in _ANSWER_FORMATS.items()}
