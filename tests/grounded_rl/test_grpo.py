@@ -16,9 +16,12 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from grounded_rl.env import ZoomEnvironment
-from grounded_rl.grpo import GroundedGRPOConfig, build_trainer, run_grpo
-from trace_forge.grounding import render_answer_turn, render_zoom_turn
+from grounded_rl.env import ZoomEnvironment, ZoomRefused, ZoomSession
+from grounded_rl.grpo import GroundedGRPOConfig, build_trainer, load_prompts, run_grpo
+from grounded_rl.rewards import RAW_TEXT
+from trace_forge.errors import ConfigError
+from trace_forge.grounding import Frame, Resize, render_answer_turn, render_zoom_turn
+from trace_forge.tasks import get_task
 
 TASK_OPTIONS = {"image": "image", "question": "question", "boxes": "boxes", "answer_kind": "point"}
 REPO = Path(__file__).resolve().parents[2]
@@ -75,16 +78,24 @@ def test_single_turn_grpo_runs_and_saves(tiny_qwen2_5_vl_dir: Path, squares: Pat
 # ---------------------------------------------------------------------------------------------------------------
 
 
+# The scripted turns, each ending with its end-of-turn token: first zoom, second zoom (looping prompt), answer.
+SCRIPTED = [
+    render_zoom_turn("The square (30, 30).", (30, 30)) + "<|im_end|>",
+    render_zoom_turn("Maybe here (120, 60).", (120, 60)) + "<|im_end|>",
+    render_answer_turn("Found it.", "(60, 60)") + "<|im_end|>",
+]
+
+
 class Script:
     """A logits processor forcing one scripted assistant turn per row; which one depends on the row's context."""
 
     def __init__(self, tokenizer) -> None:
         def ids(text: str) -> list[int]:
-            return tokenizer(text + "<|im_end|>", add_special_tokens=False)["input_ids"]
+            return tokenizer(text, add_special_tokens=False)["input_ids"]
 
-        self.zoom_first = ids(render_zoom_turn("The square (30, 30).", (30, 30)))
-        self.zoom_again = ids(render_zoom_turn("Maybe here (120, 60).", (120, 60)))
-        self.answer = ids(render_answer_turn("Found it.", "(60, 60)"))
+        self.zoom_first = ids(SCRIPTED[0])
+        self.zoom_again = ids(SCRIPTED[1])
+        self.answer = ids(SCRIPTED[2])
         self.tool_response = tokenizer.convert_tokens_to_ids("<tool_response>")
         self.loops = tokenizer(LOOPS, add_special_tokens=False)["input_ids"]
         self.start: int | None = None
@@ -149,6 +160,15 @@ def multi_run(tiny_qwen2_5_vl_dir: Path, squares: Path, tmp_path_factory: pytest
         return output
 
     trainer._generate_and_score_completions = recording_score
+
+    rewarded: list[list] = []  # the rollouts as the reward functions receive them
+    real_rewards = trainer._calculate_rewards
+
+    def recording_rewards(inputs, prompts, completions, completion_ids_list):
+        rewarded.extend(completions)
+        return real_rewards(inputs, prompts, completions, completion_ids_list)
+
+    trainer._calculate_rewards = recording_rewards
     hook = model.model.visual.register_forward_pre_hook(capture, with_kwargs=True)
     ZoomEnvironment.zoom = recording_zoom
     try:
@@ -157,7 +177,7 @@ def multi_run(tiny_qwen2_5_vl_dir: Path, squares: Path, tmp_path_factory: pytest
         ZoomEnvironment.zoom = real_zoom
         hook.remove()
     logs = [e for e in trainer.state.log_history if "tools/call_frequency" in e]
-    return {"trainer": trainer, "crops": crops, "seen": seen, "batches": batches, "logs": logs}
+    return {"trainer": trainer, "crops": crops, "seen": seen, "batches": batches, "logs": logs, "rewarded": rewarded}
 
 
 def test_multi_turn_grpo_calls_the_zoom_tool(multi_run: dict) -> None:
@@ -168,6 +188,16 @@ def test_multi_turn_grpo_calls_the_zoom_tool(multi_run: dict) -> None:
     assert len(multi_run["crops"]) == 4  # 2 prompts x 2 generations, one crop each
     assert all(c.size == (672, 672) for c in multi_run["crops"])  # the task's zoom spec (V*-style crop)
     assert {"rewards/zoom_diversity_reward/mean", "rewards/accuracy_reward/mean", "kl", "entropy"} <= set(logs[0])
+
+
+def test_rewards_read_each_turn_as_generated(multi_run: dict) -> None:
+    """Every assistant message reaches the rewards with its decoded tokens, not only TRL's parse of them."""
+    rollouts = multi_run["rewarded"]
+    assert len(rollouts) == 4
+    turns = [[m[RAW_TEXT] for m in rollout if m["role"] == "assistant"] for rollout in rollouts]
+    assert sorted(turns) == sorted([[SCRIPTED[0], SCRIPTED[2]], [SCRIPTED[0], SCRIPTED[1]]] * 2)  # answer | loop
+    parsed = [m for rollout in rollouts for m in rollout if m["role"] == "assistant" and m.get("tool_calls")]
+    assert parsed and all("<tool_call>" not in m["content"] for m in parsed)  # the parse alone lost the call
 
 
 def test_crop_pixels_reach_the_training_forward_pass(multi_run: dict) -> None:
@@ -206,19 +236,48 @@ def test_tool_tokens_and_over_turn_rollouts_are_masked(multi_run: dict) -> None:
                 assert "<tool_call>" in trained and "<answer>" in trained and "<|image_pad|>" not in trained
 
 
-def test_prompts_from_a_trace_dataset_recover_the_ground_truth(tiny_qwen2_5_vl_dir: Path, tmp_path: Path) -> None:
-    """``--data``: one prompt per question of a trace dataset, options read back from the rendered question."""
-    from transformers import AutoProcessor
+def test_refused_zooms_reply_with_the_words_evaluation_sends() -> None:
+    """A refusal is the tool's normal text reply (TRL would wrap an exception as "{'error': ...}")."""
+    image = Image.new("RGB", (800, 600))
+    env = ZoomEnvironment(Resize(max_pixels=448 * 448), Frame.MODEL, max_images=2)
+    env.reset(image=image, task="vstar")
+    session = ZoomSession(image, Frame.MODEL, Resize(max_pixels=448 * 448), get_task("vstar").zoom,
+                          env.session.prompts, max_images=2)
 
-    from grounded_rl.grpo import load_prompts
-    from grounded_rl.models import Family, install_templates
+    def refusal(point: object) -> str:
+        with pytest.raises(ZoomRefused) as refused:
+            session.zoom_at(point)
+        return str(refused.value)
+
+    for point in ([9000, 5], [1.5, 2], "(3, 4)", [1, 2, 3]):
+        assert env.zoom(point) == [{"type": "text", "text": refusal(point)}], point
+    assert env.zoom([100, 80])[0]["image"].size == (672, 672)
+    session.zoom(100, 80)
+    assert env.zoom([100, 80]) == [{"type": "text", "text": refusal([100, 80])}]  # budget spent
+    assert "limit of 2 images" in env.zoom([100, 80])[0]["text"]
+
+
+def test_max_pixels_caps_the_images_the_policy_sees(tiny_qwen2_5_vl_dir: Path, squares: Path, tmp_path: Path) -> None:
+    from grounded_rl.models import resize_of
+
+    trainer = build_trainer(config(tiny_qwen2_5_vl_dir, squares, tmp_path, max_pixels=112 * 112))
+    assert resize_of(trainer.processing_class).max_pixels == 112 * 112  # generation and forward passes
+    model_size = Resize(resize_of(trainer.processing_class).min_pixels, 112 * 112).model_size(224, 168)
+    assert trainer.train_dataset["model_size"] == [list(model_size)] * 2 and model_size[0] * model_size[1] <= 12544
+
+
+def test_no_prompt_left_after_filtering_is_an_error(tiny_qwen2_5_vl_dir: Path, squares: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"no prompts left: all 2 of generic are longer than max_prompt_length=8"):
+        build_trainer(config(tiny_qwen2_5_vl_dir, squares, tmp_path, max_prompt_length=8))
+
+
+def write_traces(path: Path, samples: list, answers: list[str]) -> None:
+    """A trace dataset with two chains per question of ``samples``, the teacher having answered ``answers``."""
     from trace_forge.dataset import FEATURES, write_dataset
-    from trace_forge.tasks import get_task
     from trace_forge.tasks.prompts import prompts_for
 
-    samples = list(get_task("vstar").load(REPO / "data" / "samples" / "vstar", limit=2))
     rows = []
-    for sample in samples:
+    for sample, answer in zip(samples, answers, strict=True):
         prompts = prompts_for(sample.answer_kind)
         text = [{"type": "text", "text": prompts.question_text(sample)}]
         messages = [
@@ -229,15 +288,39 @@ def test_prompts_from_a_trace_dataset_recover_the_ground_truth(tiny_qwen2_5_vl_d
         canvas = sample.canvas()
         row = {name: None for name in FEATURES} | {
             "messages": messages, "images": [canvas], "question_id": sample.id, "task": "vstar", "steps": [],
-            "answer": sample.answer, "image_size": list(canvas.size), "node_values": [], "category": sample.category,
+            "answer": answer, "image_size": list(canvas.size), "node_values": [], "category": sample.category,
             "target_boxes": [b.to_list() for b in sample.target_boxes],
         }
         rows += [row, row]  # two chains of one question -> one prompt
-    write_dataset({"train": rows}, tmp_path / "traces")
+    write_dataset({"train": rows}, path)
 
-    processor = install_templates(AutoProcessor.from_pretrained(tiny_qwen2_5_vl_dir), Family.QWEN2_5_VL)
-    cfg = GroundedGRPOConfig(output_dir=str(tmp_path), data=str(tmp_path / "traces"), use_cpu=True, report_to=[])
-    prompts = load_prompts(cfg, processor, Family.QWEN2_5_VL)
+
+def trace_prompts(model: Path, traces: Path):
+    from transformers import AutoProcessor
+
+    from grounded_rl.models import Family, install_templates
+
+    processor = install_templates(AutoProcessor.from_pretrained(model), Family.QWEN2_5_VL)
+    cfg = GroundedGRPOConfig(output_dir=str(traces.parent), data=str(traces), use_cpu=True, report_to=[])
+    return load_prompts(cfg, processor, Family.QWEN2_5_VL)
+
+
+def test_prompts_from_a_trace_dataset_recover_the_ground_truth(tiny_qwen2_5_vl_dir: Path, tmp_path: Path) -> None:
+    """``--data``: one prompt per question of a trace dataset, options read back from the rendered question."""
+    samples = list(get_task("vstar").load(REPO / "data" / "samples" / "vstar", limit=2))
+    write_traces(tmp_path / "traces", samples, [s.answer for s in samples])
+    prompts = trace_prompts(tiny_qwen2_5_vl_dir, tmp_path / "traces")
     assert prompts["question_id"] == [s.id for s in samples]
     assert prompts["options"] == [s.options for s in samples] and prompts["answer"] == [s.answer for s in samples]
     assert [list(img.size) for img in prompts["image"]] == [list(s.canvas().size) for s in samples]
+
+
+def test_traced_option_letters_become_the_option_text(tiny_qwen2_5_vl_dir: Path, tmp_path: Path) -> None:
+    """The teacher's accepted answer may be a letter or "(B) text": the verifier needs the option's text."""
+    samples = list(get_task("vstar").load(REPO / "data" / "samples" / "vstar", limit=3))
+    letter = [chr(ord("A") + s.options.index(s.answer)) for s in samples]
+    answers = [letter[0], f"({letter[1]}) {samples[1].answer}", "a purple elephant"]  # the last selects nothing
+    write_traces(tmp_path / "traces", samples, answers)
+    prompts = trace_prompts(tiny_qwen2_5_vl_dir, tmp_path / "traces")
+    assert prompts["question_id"] == [s.id for s in samples[:2]]  # the unresolved question is dropped
+    assert prompts["answer"] == [s.answer for s in samples[:2]]

@@ -8,6 +8,7 @@ import pytest
 
 from grounded_rl.rewards import (
     DEFAULT_WEIGHTS,
+    RAW_TEXT,
     accuracy_reward,
     build_rewards,
     format_reward,
@@ -102,12 +103,20 @@ def test_norm1000_frame_converts_answers_through_the_grid() -> None:
 
 
 def zoom_turn(x: int, y: int, extra: dict | None = None, inline: bool = False) -> dict:
-    """An assistant zoom turn as TRL's response parser returns it (call moved to tool_calls), or inline text."""
+    """An assistant zoom turn as GroundedGRPOTrainer hands it over (TRL's parse plus the text as generated), or
+    plain inline text."""
     call = {"name": "zoom", "arguments": {"point": [x, y]}, **(extra or {})}
     think = f"<think> Something small near ({x}, {y}). </think>"
+    raw = f"{think}\n<tool_call>\n{json.dumps(call)}\n</tool_call><|im_end|>"
     if inline:
-        return {"role": "assistant", "content": f"{think}\n<tool_call>\n{json.dumps(call)}\n</tool_call>"}
-    return {"role": "assistant", "content": think, "tool_calls": [{"type": "function", "function": call}]}
+        return {"role": "assistant", "content": raw}
+    return parsed_turn(raw, think, call)
+
+
+def parsed_turn(raw: str, content: str, call: dict) -> dict:
+    """What TRL's response parser returns for ``raw`` (``content`` and the call), with the raw text kept."""
+    return {"role": "assistant", "content": content, "tool_calls": [{"type": "function", "function": call}],
+            RAW_TEXT: raw}
 
 
 def observation() -> dict:
@@ -148,6 +157,41 @@ def test_multi_turn_table(messages: list[dict], fmt: float, acc: float, div: flo
     assert score(format_reward, [messages], OPTION, "multi") == [fmt]
     assert score(accuracy_reward, [messages], OPTION, "multi") == [acc]
     assert score(diversity, [messages], OPTION, "multi") == [pytest.approx(div)]
+
+
+CALL = {"name": "zoom", "arguments": {"point": [40, 30]}}
+CALL_TEXT = f"<tool_call>\n{json.dumps(CALL)}\n</tool_call>"
+
+
+@pytest.mark.parametrize(
+    ("raw", "content"),
+    [
+        # TRL keeps the text after the call and drops the prose before it: the parse looks well formed.
+        (f"blah blah {CALL_TEXT}\n<think> a (10, 20) </think>", "<think> a (10, 20) </think>"),
+        # Call first, then think: the parse puts them back in the right order.
+        (f"{CALL_TEXT}\n<think> a (10, 20) </think>", "<think> a (10, 20) </think>"),
+        # Two think blocks around the call: only the second survives the parse.
+        (f"<think> A </think>\n{CALL_TEXT}\n<think> B </think>", "<think> B </think>"),
+    ],
+)
+def test_format_is_judged_on_the_turn_as_generated(raw: str, content: str) -> None:
+    messages = [parsed_turn(raw, content, CALL), observation(), answer_turn()]
+    assert score(format_reward, [messages], OPTION, "multi") == [0.0]
+    rebuilt = [parsed_turn(f"{content}\n{CALL_TEXT}", content, CALL), observation(), answer_turn()]
+    assert score(format_reward, [rebuilt], OPTION, "multi") == [1.0]  # the same parse, well formed as generated
+
+
+def test_a_parsed_tool_call_without_its_raw_text_is_refused() -> None:
+    turn = {k: v for k, v in zoom_turn(40, 30).items() if k != RAW_TEXT}
+    with pytest.raises(ValueError, match="raw_text"):
+        score(format_reward, [[turn, observation(), answer_turn()]], OPTION, "multi")
+
+
+def test_zoom_distance_is_measured_in_pixels_of_the_original_image() -> None:
+    """10 px in the image: on a 2000 px wide image, 6 units of Qwen3-VL's 0-1000 grid are 12 px, 4 units 8 px."""
+    row = {**OPTION, "image_size": [2000, 2000], "model_size": [1000, 1000], "frame": "norm1000"}
+    assert score(diversity, [dialog((100, 100), (106, 100))], row, "multi") == [pytest.approx(0.4)]
+    assert score(diversity, [dialog((100, 100), (104, 100))], row, "multi") == [pytest.approx(0.2)]
 
 
 def test_zoom_spam_is_capped_and_unpaid_when_wrong() -> None:

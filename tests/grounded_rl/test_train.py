@@ -39,6 +39,39 @@ def test_recipes_parse_with_the_paper_values(name: str) -> None:
     assert config.grpo["max_grad_norm"] == (0.2 if multi else 1.0)
     assert (config.grpo["learning_rate"], config.grpo["beta"], config.grpo["epsilon_high"]) == (1e-6, 0.01, 0.28)
     assert config.sft["lr"] == 1e-6 and config.eval["temperature"] == 0.5
+    # RL never on the evaluation questions: SAT-2 train -> val; visual-search RL file -> V*Bench.
+    if multi:
+        assert (config.grpo["task"], config.eval["task"]) == ("generic", "vstar")
+        assert config.grpo["task_options"]["question"] == "problem" and config.grpo["max_pixels"] == 2_850_000
+    else:
+        assert (config.grpo["split"], config.eval["split"]) == ("train", "val")
+        assert config.grpo["max_pixels"] == 4_194_304
+    assert not config.allow_eval_overlap
+
+
+def test_grpo_on_the_evaluation_questions_is_refused(tmp_path: Path) -> None:
+    stages = dict(out=str(tmp_path), model="m", data="d")
+    same = {"task": "sat2", "data_dir": "data/sat2"}
+    with pytest.raises(ConfigError, match="same questions.*'sat2'.*split 'test'"):  # both default to test
+        PipelineConfig(**stages, grpo=same, eval={**same, "split": "test"})
+    with pytest.raises(ConfigError, match="same questions"):  # the same folder, written differently
+        PipelineConfig(**stages, grpo=same, eval={"task": "sat2", "data_dir": str(REPO / "data" / "sat2")})
+    PipelineConfig(**stages, grpo={**same, "split": "train"}, eval={**same, "split": "val"})
+    PipelineConfig(**stages, grpo=same, eval=same, allow_eval_overlap=True)
+    PipelineConfig(**stages, grpo={"data": "traces"}, eval=same)  # GRPO on a trace dataset's questions
+
+
+def test_sft_stage_resumes_after_a_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rerun after a crash mid-SFT (no DONE marker) continues from the stage's checkpoints."""
+    import grounded_rl.sft
+
+    seen = []
+    monkeypatch.setattr(grounded_rl.sft, "train", seen.append)
+    (tmp_path / "grpo").mkdir()
+    (tmp_path / "grpo" / DONE).write_text("{}")
+    run_pipeline(PipelineConfig(out=str(tmp_path), model="m", data="d", sft={"max_steps": 3}))
+    (args,) = seen
+    assert args.resume and args.out == str(tmp_path / "sft") and args.max_steps == 3
 
 
 def test_pipeline_config_names_what_is_wrong(tmp_path: Path) -> None:
@@ -81,11 +114,15 @@ def test_grpo_command_trains_from_a_config_file(tiny_qwen2_5_vl_dir: Path, tmp_p
     out = tmp_path / "out"
     result = CliRunner().invoke(app, [
         "grpo", "--model", str(tiny_qwen2_5_vl_dir), "--data-dir", str(data), "--out", str(out),
-        "--num-generations", "2", "--max-steps", "1", "--config", str(settings),
+        "--num-generations", "2", "--max-steps", "1", "--config", str(settings), "--split", "test",
+        "--max-pixels", "40000", "-o", "box_format=xyxy",
     ])
     assert result.exit_code == 0, result.output
     run = json.loads((out / "grpo_run.json").read_text())["config"]
     assert (run["num_generations"], run["max_steps"], run["task"]) == (2, 1, "generic")
+    assert (run["split"], run["max_pixels"]) == ("test", 40000)
+    assert run["task_options"] == {"image": "image", "question": "question", "boxes": "boxes",
+                                   "answer_kind": "point", "box_format": "xyxy"}  # flags add to the file's
     assert (out / "model.safetensors").is_file()
     assert list((out / "runs").rglob("events.out.tfevents.*")), "no TensorBoard log"
 

@@ -110,3 +110,24 @@ def write_run(
     for record in records:
         store.append(record)
     return run_dir
+
+
+GENERIC_OPTIONS = {"id": "uid", "image": "img", "question": "q", "options": "choices", "answer": "gold",
+                   "boxes": "bb", "category": "kind"}
+
+
+def write_generic_run(run_dir: Path, data_dir: Path) -> tuple[Path, Sample]:
+    """A run of the ``generic`` task over a one-question JSONL whose columns only ``GENERIC_OPTIONS`` maps
+    (``run.json`` ``task_options``); the question reuses a V* image so :func:`example_tree` fits its canvas."""
+    import json
+
+    ring = vstar_samples()["direct_attributes/sa_4666"]  # the ring question of example_tree
+    row = {"uid": "g1", "img": str(ring.images[0]), "q": ring.question, "choices": ring.options,
+           "gold": ring.answer, "bb": [b.to_list() for b in ring.target_boxes], "kind": "mapped"}
+    data_dir.mkdir(parents=True)
+    (data_dir / "bench.jsonl").write_text(json.dumps(row) + "\n")
+    (sample,) = get_task("generic", **GENERIC_OPTIONS).load(data_dir / "bench.jsonl")
+    write_run(run_dir, [make_record(example_tree(), sample)], task="generic", data_dir=data_dir / "bench.jsonl")
+    store = RunStore(run_dir)
+    store.write_run_json({**store.read_run_json(), "task_options": GENERIC_OPTIONS})
+    return run_dir, sample

@@ -11,7 +11,14 @@ from datasets import Dataset, load_dataset, load_from_disk
 from PIL import Image
 from typer.testing import CliRunner
 
-from tests.trace_forge.fixtures_trees import example_tree, make_record, step, vstar_samples, write_run
+from tests.trace_forge.fixtures_trees import (
+    example_tree,
+    make_record,
+    step,
+    vstar_samples,
+    write_generic_run,
+    write_run,
+)
 from trace_forge.cli import app
 from trace_forge.dataset import FEATURES, build_rows, linearize_run, split_by_question, write_dataset
 from trace_forge.errors import ConfigError, DataError
@@ -232,6 +239,34 @@ def test_linearize_run_writes_the_dataset(samples, tmp_path):
     assert (tmp_path / "out" / "hf" / "dataset_dict.json").is_file()
     reloaded = load_from_disk(str(tmp_path / "out" / "hf"))
     assert reloaded["train"]["question_id"] == dataset["train"]["question_id"]
+
+
+def test_linearize_reads_only_the_searched_questions_and_keeps_the_task_order(samples, tmp_path, monkeypatch):
+    first_two = list(samples)[:2]
+    forward = write_run(tmp_path / "a" / "run", [make_record(example_tree(), samples[q]) for q in first_two])
+    backward = write_run(tmp_path / "b" / "run", [make_record(example_tree(), samples[q]) for q in reversed(first_two)])
+    vstar = type(get_task("vstar"))
+    load, read = vstar.load, []
+
+    def counting_load(self, *args, **kwargs):
+        for sample in load(self, *args, **kwargs):
+            read.append(sample.id)
+            yield sample
+
+    monkeypatch.setattr(vstar, "load", counting_load)
+    a = linearize_run(forward, tmp_path / "out-a", "single", val_fraction=0)
+    assert read == first_two  # the other bundled questions are never read (a real split holds 100k+)
+    b = linearize_run(backward, tmp_path / "out-b", "single", val_fraction=0)
+    # Completion order in trees.jsonl does not matter: the rows follow the task data's order.
+    assert list(dict.fromkeys(b["train"]["question_id"])) == first_two
+    assert b["train"].to_dict() == a["train"].to_dict()
+
+
+def test_a_generic_run_is_reloaded_with_its_task_options(tmp_path):
+    run_dir, sample = write_generic_run(tmp_path / "run", tmp_path / "data")
+    dataset = linearize_run(run_dir, tmp_path / "out", "single", val_fraction=0)
+    assert set(dataset["train"]["question_id"]) == {"g1"} and set(dataset["train"]["category"]) == {"mapped"}
+    assert set(dataset["train"]["task"]) == {"generic"} and len(dataset["train"]) == 5
 
 
 def test_a_question_missing_from_the_task_data_names_its_line(samples, tmp_path):

@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 from typer.testing import CliRunner
 
-from tests.trace_forge.fixtures_trees import example_tree, make_record, vstar_samples, write_run
+from tests.trace_forge.fixtures_trees import VSTAR_DIR, example_tree, make_record, vstar_samples, write_run
 from trace_forge.cli import app
 from trace_forge.errors import ConfigError
 from trace_forge.search.merge import merge_runs
@@ -88,6 +88,7 @@ def test_conflicting_duplicate_keeps_first_and_warns(tmp_path, caplog):
     [
         ("params", {"params": {"iterations": 16, "rollouts": 4}}),
         ("task", {"task": "blink"}),
+        ("task_options", {"task_options": {"question": "prompt"}}),
         ("teacher", {"teacher": {"name": "openai", "model": "gpt-4o", "simulated": False}}),
         ("prompt_version", {"prompt_version": "v0-other"}),
     ],
@@ -99,6 +100,18 @@ def test_incompatible_shards_are_rejected_naming_the_field(tmp_path, field, chan
     with pytest.raises(ConfigError, match=f"{field} differs"):
         merge_runs(tmp_path / "out", [a, b])
     assert not (tmp_path / "out" / "trees.jsonl").exists()
+
+
+def test_shards_of_a_sim_search_merge(tmp_path):
+    # The sim teacher's shards hold different questions; nothing in its provenance may depend on that.
+    data = str(VSTAR_DIR)
+    for i in range(2):
+        args = ["search", "--task", "vstar", "--data-dir", data, "--teacher", "sim", "--limit", "3", "--simulations",
+                "1", "--shard", f"{i}/2", "--no-linearize", "--quiet", "--out", str(tmp_path / f"s{i}")]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+    report = merge_runs(tmp_path / "out", [tmp_path / "s0", tmp_path / "s1"])
+    assert report.questions == 3 and report.conflicts == []
 
 
 def test_prompt_version_falls_back_to_the_records(tmp_path):

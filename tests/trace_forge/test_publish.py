@@ -11,7 +11,15 @@ import yaml
 from huggingface_hub import DatasetCard, HfApi
 from typer.testing import CliRunner
 
-from tests.trace_forge.fixtures_trees import TEACHER, example_tree, make_record, vstar_samples, write_run
+from tests.trace_forge.fixtures_trees import (
+    GENERIC_OPTIONS,
+    TEACHER,
+    example_tree,
+    make_record,
+    vstar_samples,
+    write_generic_run,
+    write_run,
+)
 from trace_forge.cli import app
 from trace_forge.dataset import linearize_run
 from trace_forge.errors import ConfigError, DataError
@@ -183,6 +191,7 @@ def test_provenance_file_round_trip_and_precedence(sim_dataset, hub):
 
 def test_without_run_dir_provenance_comes_from_the_columns(sim_dataset):
     ds_dir, _, _ = sim_dataset
+    (ds_dir / PROVENANCE).unlink()  # a dataset copied away from its run, without the file linearize wrote
     prov = load_provenance(ds_dir)
     assert (prov.task, prov.teacher["name"], prov.teacher["model"], prov.simulated) == (
         "vstar",
@@ -194,6 +203,31 @@ def test_without_run_dir_provenance_comes_from_the_columns(sim_dataset):
     body = render_card(REPO, prov, summarize(ds_dir), license_id="mit")
     assert "| direct_attributes | unknown | 2 |" in body
     assert body.startswith("---\nlicense: mit\n")
+
+
+def test_the_readme_publish_command_needs_no_run_dir(tmp_path, hub):
+    _, run_dir, _ = _build(tmp_path, SIM)
+    ds_dir = run_dir / "dataset-single"  # where `trace-forge linearize RUN --mode single` writes
+    linearize_run(run_dir, ds_dir, "single", val_fraction=0.5)
+    result = runner.invoke(app, ["publish", str(ds_dir), "--repo-id", REPO])
+    assert result.exit_code == 0, result.output
+    (ds_dir / PROVENANCE).unlink()  # a dataset from before linearize wrote provenance.json: DIR/.. is the run
+    publish(ds_dir, REPO)
+    for payload in hub.payloads:
+        _, body = _card(payload)
+        assert '"simulations": 8' in body  # search parameters from run.json
+        assert "| direct_attributes | 2/2 (100%) | 2 |" in body  # per-category yield from the run's trees
+
+
+def test_a_generic_run_keeps_its_task_options_in_provenance(tmp_path):
+    run_dir, _ = write_generic_run(tmp_path / "run", tmp_path / "data")
+    ds_dir = run_dir / "dataset-single"
+    linearize_run(run_dir, ds_dir, "single", val_fraction=0)
+    prov = load_provenance(ds_dir)
+    assert prov.run["task_options"] == GENERIC_OPTIONS
+    assert prov.yield_by_category == {"mapped": {"questions": 1, "solved": 1}}
+    body = render_card(REPO, prov, summarize(ds_dir))
+    assert get_task("generic", **GENERIC_OPTIONS).license_note in body and "| mapped | 1/1 (100%) | 1 | 5 |" in body
 
 
 def test_a_real_teacher_gets_no_simulated_warning(tmp_path):

@@ -5,14 +5,19 @@ import hashlib
 import json
 
 import pytest
+from PIL import Image
 
 from tests.trace_forge.fake_servers import FakeOpenAIServer
-from trace_forge.search.mcts import QuestionSearch, SearchConfig, run_search
+from trace_forge.grounding import Box, Resize
+from trace_forge.linearize import linearize
+from trace_forge.search.mcts import EXPAND_ATTEMPTS, QuestionSearch, SearchConfig, run_search
 from trace_forge.search.store import RunStore
 from trace_forge.search.tree import Tree
-from trace_forge.tasks import get_task
+from trace_forge.stats import records_stats
+from trace_forge.tasks import AnswerKind, Sample, get_task
 from trace_forge.tasks.prompts import prompts_for
-from trace_forge.teachers import RuntimeConfig, build_client
+from trace_forge.teachers import Completion, RuntimeConfig, TeacherClient, build_client
+from trace_forge.teachers.base import Teacher
 
 SAMPLES = "data/samples/vstar"
 FORCE = prompts_for("option").teacher_force_answer()
@@ -167,3 +172,124 @@ def test_budget_and_early_stop(task_and_samples, tmp_path):
     assert early.stats.stopped in ("enough_correct", "simulations")
     if early.stats.stopped == "enough_correct":
         assert early.correct >= 1
+
+
+# --- scripted in-process teachers: one reply rule, no server ---------------------------------------------------------
+
+
+class Scripted(Teacher):
+    """Replies ``reply(prompt_text, request_number)`` to all samples of a request (siblings repeat, so one child
+    per expansion); records each request's prompt and seed."""
+
+    name = "scripted-test"
+    supports_n = True
+
+    def __init__(self, reply) -> None:
+        super().__init__("scripted")
+        self.reply = reply
+        self.requests: list[tuple[str, int | None]] = []
+
+    async def _generate(self, chat, params):
+        text = "\n".join(p for m in chat for p in m.content if isinstance(p, str))
+        self.requests.append((text, params.seed))
+        return [Completion(self.reply(text, len(self.requests)), "stop")] * params.n
+
+
+def _scripted_search(sample, task, reply, config):
+    teacher = Scripted(reply)
+    result = asyncio.run(QuestionSearch(sample, task, TeacherClient(teacher), config).run())
+    return result, teacher
+
+
+TWO_POINTS = "<think>The cup (10, 20) is left of the plate (30, 40).</think>"
+
+
+def test_an_expansion_that_adds_no_child_is_asked_again_with_a_fresh_seed(task_and_samples):
+    task, samples = task_and_samples
+    seen: set[str] = set()
+
+    def first_reply_per_prompt_is_bad(text, k):
+        if text not in seen:
+            seen.add(text)
+            return TWO_POINTS  # not one point: dead
+        return f"<think>I look at ({100 + 7 * k}, {200 + 3 * k}).</think>"
+
+    config = SearchConfig(simulations=3, rollouts=1, rollout_max_steps=1)
+    result, teacher = _scripted_search(samples[0], task, first_reply_per_prompt_is_bad, config)
+    root = result.tree.root
+    assert root.children  # the bad first reply did not make the root a dead end
+    assert result.stats.expand_retries >= 1
+    assert teacher.requests[0][0] == teacher.requests[1][0] and teacher.requests[0][1] != teacher.requests[1][1]
+
+
+def test_a_node_becomes_a_dead_end_after_every_attempt_failed(task_and_samples):
+    task, samples = task_and_samples
+    result, teacher = _scripted_search(samples[0], task, lambda text, k: TWO_POINTS, SearchConfig(simulations=4))
+    assert len(result.tree.nodes) == 1 and result.tree.root.expanded
+    assert len(teacher.requests) == EXPAND_ATTEMPTS  # later simulations back up 0 without asking again
+    assert result.stats.expand_retries == EXPAND_ATTEMPTS - 1
+    assert result.stats.dead == EXPAND_ATTEMPTS * SearchConfig().children
+    assert result.tree.root.visits == 3  # the simulations after the failed one
+
+
+def test_a_step_with_float_coordinates_is_dead(task_and_samples):
+    task, samples = task_and_samples
+    config = SearchConfig(simulations=1, rollouts=1, rollout_max_steps=1)
+    result, _ = _scripted_search(samples[0], task, lambda text, k: "<think>The cup is at (100.5, 50).</think>",
+                                 config)
+    assert [n for n in result.tree.nodes if n.step is not None] == []
+    assert result.stats.dead == EXPAND_ATTEMPTS * config.children
+
+
+def test_correct_counts_only_trajectories_that_become_chains(task_and_samples):
+    task, samples = task_and_samples
+    sample = samples[0]
+    right = f"<think>It is clearly visible.</think><answer>{sample.answer}</answer>"
+    # Answering at once is correct but has no grounded step: no chain, so not "correct".
+    result, _ = _scripted_search(sample, task, lambda text, k: right, SearchConfig(simulations=3,
+                                                                                  stop_after_correct=1))
+    assert any(n.terminal and n.reward == 1 for n in result.tree.nodes)
+    assert result.correct == 0 and result.stats.stopped == "simulations"
+    # Linearization and run stats apply the same rule.
+    assert linearize(result.tree, sample.id) == []
+    assert records_stats([{"tree": result.tree.to_dict()}]).correct_trajectories == 0
+
+    # Rollouts that never answer are judged on their last text; right or not, they never become a chain.
+    def never_answers(text, k):
+        if FORCE in text:  # told to answer, it thinks the right option aloud instead
+            return f"<think>{sample.answer}</think>"
+        return f"<think>I look at ({100 + 7 * k}, {200 + 3 * k}).</think>"
+
+    config = SearchConfig(simulations=2, max_depth=5, rollout_max_steps=2)
+    result, _ = _scripted_search(sample, task, never_answers, config)
+    assert any(r.reward == 1 and not r.answered for n in result.tree.nodes for r in n.rollouts)
+    assert result.correct == 0
+
+    # One grounded step, then the right answer: a chain, and counted.
+    def step_then_answer(text, k):
+        return right if "Previous step" in text else f"<think>I look at ({100 + 7 * k}, {200 + 3 * k}).</think>"
+
+    result, _ = _scripted_search(sample, task, step_then_answer, SearchConfig(simulations=1, rollouts=2))
+    assert result.correct == 2  # the child's two rollouts (its siblings repeated its point)
+    assert records_stats([{"tree": result.tree.to_dict()}]).correct_trajectories == 2
+
+
+def test_an_unexpected_error_fails_one_question_and_is_recorded(tmp_path):
+    def sample(i, size):
+        return Sample(f"q{i}", "vstar", [Image.new("RGB", size)], f"What colour is thing {i}?", AnswerKind.OPTION,
+                      ["red", "blue"], "red", [Box(0, 0, 5, 5)])
+
+    # A 300:1 banner: smart_resize refuses it with a ValueError, not a TeacherError or DataError.
+    samples = [sample(0, (3000, 10)), *(sample(i, (400, 300)) for i in range(1, 4))]
+    store = RunStore(tmp_path)
+
+    async def go():
+        async with build_client("sim", "sim", samples=samples, resize=Resize(max_pixels=500_000),
+                                config=RuntimeConfig(concurrency=2), cache_path=tmp_path / "c.sqlite") as client:
+            return await run_search(samples, get_task("vstar"), client, SearchConfig(simulations=2), store)
+
+    summary = asyncio.run(go())
+    assert (summary.done, summary.failed, summary.failures) == (3, 1, ["q0"])
+    assert sorted(store.finished()) == ["q1", "q2", "q3"]
+    (error,) = map(json.loads, store.errors_path.read_text().splitlines())
+    assert error["question_id"] == "q0" and error["error"] == "ValueError" and "aspect ratio" in error["message"]

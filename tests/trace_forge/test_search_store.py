@@ -46,3 +46,43 @@ def test_run_json_is_atomic_and_round_trips(tmp_path):
     store.write_run_json({"command": "search", "params": {"simulations": 8}})
     assert store.read_run_json()["params"]["simulations"] == 8
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_sessions_accumulate_usage_and_keep_the_first_start(tmp_path):
+    store = RunStore(tmp_path)
+    store.start_session({"task": "vstar"}, resume=False)
+    store.record_usage({"requests": 3, "cost_usd": 0.5, "model": "m"})  # during the run: not finished yet
+    first = store.read_run_json()
+    assert first["sessions"][0]["finished"] is None and first["usage"] == {"requests": 3, "cost_usd": 0.5}
+    store.record_usage({"requests": 4, "cost_usd": 0.75, "model": "m"}, finished=True)
+    store.start_session({"task": "vstar", "limit": 2}, resume=True)
+    store.record_usage({"requests": 5, "cost_usd": None, "model": "m"}, finished=True)
+    run = store.read_run_json()
+    assert run["started"] == first["started"] and run["limit"] == 2
+    assert [s["usage"]["requests"] for s in run["sessions"]] == [4, 5]
+    assert all(s["finished"] for s in run["sessions"])
+    # An unknown cost in one session leaves the total cost out rather than under-counting it.
+    assert run["usage"] == {"requests": 9}
+
+
+def test_a_run_json_from_before_sessions_keeps_its_usage_on_resume(tmp_path):
+    store = RunStore(tmp_path)
+    store.write_run_json({"task": "vstar", "started": "2024-01-01T00:00:00Z", "usage": {"requests": 7}})
+    store.start_session({"task": "vstar"}, resume=True)
+    store.record_usage({"requests": 2}, finished=True)
+    run = store.read_run_json()
+    assert run["started"] == "2024-01-01T00:00:00Z"
+    assert run["usage"] == {"requests": 9} and len(run["sessions"]) == 2
+
+
+def test_a_new_run_starts_with_one_session(tmp_path):
+    store = RunStore(tmp_path)
+    store.write_run_json({"task": "old", "usage": {"requests": 7}, "sessions": [{"usage": {"requests": 7}}]})
+    store.start_session({"task": "vstar"}, resume=False)
+    run = store.read_run_json()
+    assert run["task"] == "vstar" and len(run["sessions"]) == 1 and "usage" not in run
+
+
+def test_recording_usage_without_a_session_names_run_json(tmp_path):
+    with pytest.raises(DataError, match="run.json"):
+        RunStore(tmp_path).record_usage({"requests": 1})

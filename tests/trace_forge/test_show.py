@@ -5,7 +5,13 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from tests.trace_forge.fixtures_trees import example_tree, make_record, vstar_samples, write_run
+from tests.trace_forge.fixtures_trees import (
+    example_tree,
+    make_record,
+    vstar_samples,
+    write_generic_run,
+    write_run,
+)
 from trace_forge.cli import app
 from trace_forge.dataset import linearize_run
 from trace_forge.errors import ConfigError, DataError
@@ -126,6 +132,12 @@ def test_run_views_best_and_all_correct(tmp_path):
     views = run_views(run_dir, 0, all_correct=True, zoom_crops=True)
     assert len(views) == 3
     assert all(len(v.crops) == len(v.steps) for v in views)
+
+
+def test_run_views_of_a_generic_run_use_its_task_options(tmp_path):
+    run_dir, sample = write_generic_run(tmp_path / "run", tmp_path / "data")
+    (best,) = run_views(run_dir, 0, zoom_crops=True)
+    assert best.image.size == sample.canvas().size and "g1" in best.title and len(best.crops) == 2
 
 
 def test_run_views_reject_a_canvas_of_another_size(tmp_path):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import gc
 import io
 import json
 import logging
@@ -12,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import pytest
@@ -461,6 +464,23 @@ def test_api_key_never_logged_or_written(
     assert secret not in repr(client) + repr(client.teacher) + json.dumps(client.snapshot())
 
 
+@pytest.mark.parametrize("server_cls", [FakeOpenAIServer, FakeAnthropicServer])
+def test_provider_key_never_reaches_a_base_url_server_unless_named(
+    monkeypatch: pytest.MonkeyPatch, server_cls: type
+) -> None:
+    name = "openai" if server_cls is FakeOpenAIServer else "anthropic"
+    provider_env = f"{name.upper()}_API_KEY"
+    monkeypatch.setenv(provider_env, "sk-provider-SECRET")
+    monkeypatch.setenv("MY_SERVER_KEY", "server-key")
+    with server_cls() as server:
+        ask_one(client_for(name, server.base_url))
+        named = make_teacher(name, "test-model", [server.base_url], api_key_env="MY_SERVER_KEY")
+        ask_one(TeacherClient(named, FAST, rng=random.Random(0)))
+    sent = [" ".join(r.headers.get(h, "") for h in ("authorization", "x-api-key")) for r in server.requests]
+    assert "SECRET" not in sent[0] and "EMPTY" in sent[0]
+    assert "server-key" in sent[1]
+
+
 def test_missing_key_errors_name_the_variable_only(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError, match="NOPE_KEY"):
         make_teacher("openai", "m", ["http://127.0.0.1:1/v1"], api_key_env="NOPE_KEY")
@@ -486,6 +506,86 @@ def test_image_is_encoded_once_resized_and_sent_identically(tmp_path: Path) -> N
     x, y = geometry.convert(125.5, 83.5, "model", "pixel")  # the centre of the sent image (cell centres)...
     assert (round(x, 6), round(y, 6)) == (319.5, 239.5)  # ...is the centre of the original
     assert client.snapshot()["coordinate_frame"] == "model" and client.snapshot()["images_encoded"] == 1
+
+
+def test_encoder_memo_is_bounded_so_a_long_run_keeps_flat_memory() -> None:
+    encoder = ImageEncoder(max_images=4)
+    alive = []
+    for i in range(20):  # one question after another: each ref dies when its question ends
+        alive.append(weakref.ref(encoder.encode(ImageRef(dot_image((64, 48), dot=(i, i))))))
+    gc.collect()
+    assert encoder.encodes == 20
+    assert sum(r() is not None for r in alive) <= 4  # only the most recent few are still held
+    live = ImageRef(dot_image((64, 48), dot=(40, 40)))
+    first = encoder.encode(live)
+    for i in range(10):  # however many images pass since, a live ref keeps its encoding: never paid twice
+        encoder.encode(ImageRef(dot_image((64, 48), dot=(i, 30))))
+    assert encoder.encode(live) is first and encoder.encodes == 31
+
+
+def test_unresized_jpeg_and_png_files_are_sent_as_their_own_bytes(tmp_path: Path) -> None:
+    photo, shot, rgba = tmp_path / "photo.jpg", tmp_path / "shot.png", tmp_path / "alpha.png"
+    dot_image((640, 480)).save(photo, quality=90)
+    dot_image((320, 200)).save(shot)
+    dot_image((320, 200)).convert("RGBA").save(rgba, compress_level=1)  # unlike what the encoder would write
+    with Image.open(photo) as im:
+        canvas = im.convert("RGB")  # what Sample.canvas() holds: the decoded pixels, tied to their file
+    refs = [ImageRef(photo), ImageRef(canvas, file=photo), ImageRef(shot), ImageRef(rgba)]
+    with FakeOpenAIServer() as server:
+        client = client_for("openai", server.base_url)
+        ask(client, [user(f"q{i}", ref) for i, ref in enumerate(refs)] + [user("again", refs[1])], SamplingParams())
+    sent = {r.texts[-1]: r.images[0] for r in server.requests}
+    assert sent["q0"] == sent["q1"] == sent["again"] == photo.read_bytes() and sent["q2"] == shot.read_bytes()
+    assert sent["q3"] != rgba.read_bytes() and Image.open(io.BytesIO(sent["q3"])).mode == "RGBA"  # re-encoded
+    assert client.teacher.encoder.encode(refs[0]).mime == "image/jpeg"
+    assert client.teacher.encoder.encodes == 3  # the JPEG once for both refs, the PNG, the RGBA re-encode
+    # A resize, or a PIL image that is not the file's size, is never replaced by the file.
+    resized = ImageEncoder(Resize(max_pixels=50_000)).encode(ImageRef(photo))
+    assert resized.mime == "image/png" and resized.sent_size == (252, 168)
+    cropped = ImageEncoder().encode(ImageRef(canvas.crop((0, 0, 100, 100)), file=photo))
+    assert cropped.sent_size == (100, 100) and cropped.mime == "image/png"
+
+
+def test_jpeg_option_encodes_at_quality_95() -> None:
+    image = Image.effect_noise((96, 64), 40).convert("RGB")
+    expected = io.BytesIO()
+    image.save(expected, format="JPEG", quality=95)  # Pillow's default 75 would blur the details steps point at
+    encoded = ImageEncoder(format="JPEG").encode(ImageRef(image))
+    assert encoded.mime == "image/jpeg" and encoded.data == expected.getvalue()
+
+
+def test_a_one_file_sample_is_sent_as_its_file_and_a_composed_one_as_its_canvas() -> None:
+    from trace_forge.tasks import get_task
+
+    sample = next(iter(get_task("vstar").load(Path(__file__).parents[2] / "data" / "samples" / "vstar", limit=1)))
+    assert ImageEncoder().encode(ImageRef.of_sample(sample)).data == Path(sample.images[0]).read_bytes()
+    pair = ImageRef.of_sample(dataclasses.replace(sample, images=[sample.images[0]] * 2))
+    assert pair.file is None and pair.source.size[0] == 2 * sample.canvas().size[0]
+
+
+def test_aencode_and_the_runtime_encode_off_the_event_loop() -> None:
+    class SlowEncoder(ImageEncoder):
+        def _encode(self, image: Image.Image):  # a 40 MP photo: seconds of CPU
+            time.sleep(0.4)
+            return super()._encode(image)
+
+    async def ticks_while(work) -> tuple[int, object]:
+        ticks = 0
+        task = asyncio.ensure_future(work)
+        while not task.done():
+            await asyncio.sleep(0.01)
+            ticks += 1
+        return ticks, task.result()
+
+    encoder = SlowEncoder()
+    ref = ImageRef(dot_image())
+    ticks, encoded = asyncio.run(ticks_while(encoder.aencode(ref)))
+    assert ticks >= 10 and encoded is encoder.encode(ref) and encoder.encodes == 1
+    with FakeOpenAIServer() as server:
+        teacher = make_teacher("openai", "m", [server.base_url], encoder=SlowEncoder())
+        client = TeacherClient(teacher, FAST, rng=random.Random(0))
+        ticks, _ = asyncio.run(ticks_while(client.generate(user("q", dot_image((64, 64), dot=(5, 5))))))
+    assert ticks >= 10  # other questions' requests kept running while the image was encoded
 
 
 def test_usage_percentiles_and_cost(tmp_path: Path) -> None:

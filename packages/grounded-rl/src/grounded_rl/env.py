@@ -91,14 +91,24 @@ class ZoomSession:
         self.zooms.append(pixel)
         return ZoomResult(crop.image, self.prompts.zoom_observation((x, y), self.spec.dot), pixel)
 
+    def zoom_at(self, point: object) -> ZoomResult:
+        """Serve a zoom call's ``point`` argument, which must be ``[x, y]``; see :meth:`zoom`.
+
+        Raises:
+            ZoomRefused: ``point`` is not a pair, or :meth:`zoom` refuses it.
+        """
+        if not isinstance(point, list) or len(point) != 2:
+            raise ZoomRefused(f"zoom needs 'point' as [x, y], got {point!r}")
+        return self.zoom(*point)
+
 
 class ZoomEnvironment:
     """The zoom tool as a TRL ``environment_factory`` environment (``GRPOTrainer(environment_factory=...)``).
 
     TRL builds one instance per rollout, calls :meth:`reset` with the rollout's dataset row, and exposes every
     other public method as a tool: here only :meth:`zoom`, whose schema matches ``ZOOM_TOOL_SPEC`` (arguments
-    ``{"point": [x, y]}``). A refused zoom raises :class:`ZoomRefused`; TRL catches it and shows the model the
-    message as the tool's reply. The image budget of GRPO is set with ``max_tool_calling_iterations``
+    ``{"point": [x, y]}``). A refused zoom replies with the refusal's message as text, the words evaluation
+    sends (``str(ZoomRefused)``). The image budget of GRPO is set with ``max_tool_calling_iterations``
     (``max_images - 1``), so the session's own limit is a backstop.
 
     Args:
@@ -145,11 +155,14 @@ class ZoomEnvironment:
             point: The point to zoom on, as [x, y] in the image coordinates used in the text.
 
         Returns:
-            The crop as an image part, then the observation text.
+            The crop as an image part, then the observation text; or, for a refused zoom, the reason as text.
         """
         if self.session is None:
             raise RuntimeError("zoom called before reset")
-        if not isinstance(point, list) or len(point) != 2:
-            raise ZoomRefused(f"zoom needs 'point' as [x, y], got {point!r}")
-        result = self.session.zoom(*point)
+        try:
+            result = self.session.zoom_at(point)
+        except ZoomRefused as e:
+            # A normal reply, not an exception: TRL would wrap it as "{'error': ...}", and evaluation sends the
+            # bare message, so training and evaluation would show the model different words.
+            return [{"type": "text", "text": str(e)}]
         return [{"type": "image", "image": result.image}, {"type": "text", "text": result.text}]

@@ -1,8 +1,12 @@
 """GRPO with grounded rewards, single-turn or multi-turn with the zoom tool (ViGoRL's RL stage, on TRL).
 
-    grounded-rl grpo --model runs/sft --task vstar --data-dir data/vstar --out runs/grpo
-    grounded-rl grpo --model runs/sft-multi --task vstar --data-dir data/vstar --multi-turn --out runs/grpo-multi \\
+    grounded-rl grpo --model runs/sft --task sat2 --data-dir data/sat2 --split train --out runs/grpo
+    grounded-rl grpo --model runs/sft-multi --task generic --data-dir data/vigorl_SA_RL.jsonl -o image=images \\
+        -o question=problem -o answer_kind=text --multi-turn --max-pixels 2850000 --out runs/grpo-multi \\
         --use-vllm --vllm-mode colocate
+
+RL questions are never the evaluation questions: a training split (SAT-2 train; val is evaluated), or ViGoRL's
+visual-search RL file for zoom GRPO (V*Bench is evaluated).
 
 One prompt row per question: ``prompt`` = [system (student prompt), user (question)], ``image`` = the canvas at
 full resolution (TRL puts it before the question), plus the columns the rewards read (see :mod:`grounded_rl.rewards`).
@@ -24,6 +28,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from functools import partial
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 
@@ -31,17 +36,27 @@ import torch
 from datasets import Dataset, Features, Image, List, Value
 from trl import GRPOConfig, GRPOTrainer
 
-from grounded_rl.data import image_token_count, load_traces
+from grounded_rl.data import image_token_count, load_traces, set_max_pixels
 from grounded_rl.env import DEFAULT_MAX_IMAGES, ZoomEnvironment
 from grounded_rl.models import Family, family_of, load_model_and_processor, resize_of
-from grounded_rl.rewards import DEFAULT_WEIGHTS, build_rewards
+from grounded_rl.rewards import DEFAULT_WEIGHTS, RAW_TEXT, build_rewards
 from grounded_rl.sft import freeze_vision_tower
 from trace_forge.errors import ConfigError
 from trace_forge.grounding import Box, Frame, Resize
 from trace_forge.tasks import AnswerKind, Sample, get_task
 from trace_forge.tasks.prompts import NORM1000_HINT, prompts_for
+from trace_forge.tasks.scoring import choose_option
 
-__all__ = ["GroundedGRPOConfig", "GroundedGRPOTrainer", "prompt_rows", "load_prompts", "build_trainer", "run_grpo", "RUN_FILE"]
+__all__ = [
+    "GroundedGRPOConfig",
+    "GroundedGRPOTrainer",
+    "generated_turns",
+    "prompt_rows",
+    "load_prompts",
+    "build_trainer",
+    "run_grpo",
+    "RUN_FILE",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +89,7 @@ class GroundedGRPOConfig(GRPOConfig):
         model, task, data_dir, data, split, limit: where the policy and the prompts come from.
 
     Parameters that control the method:
-        multi_turn, max_images, rewards, diversity_requires_correct, freeze_vision, max_prompt_length.
+        multi_turn, max_images, rewards, diversity_requires_correct, freeze_vision, max_pixels, max_prompt_length.
 
     Changed defaults (paper values): ``learning_rate=1e-6``, ``beta=0.01``, ``epsilon=0.2``,
     ``epsilon_high=0.28``, ``temperature=1.0``, ``top_p=0.99``, ``max_completion_length=2048``,
@@ -110,6 +125,11 @@ class GroundedGRPOConfig(GRPOConfig):
         default=True, metadata={"help": "Pay the zoom-diversity bonus only to correct answers (ViGoRL: always)."}
     )
     freeze_vision: bool = field(default=True, metadata={"help": "Freeze the vision tower (ViGoRL, Table A2)."})
+    max_pixels: int | None = field(
+        default=None,
+        metadata={"help": "Cap the pixels of the resized image (ViGoRL RL: 4194304; V* multi-turn 2850000); "
+                  "the processor's own bound when unset."},
+    )
     max_prompt_length: int | None = field(
         default=4096, metadata={"help": "Drop prompts longer than this, image tokens included (Table A2: 4096)."}
     )
@@ -159,16 +179,26 @@ class GroundedGRPOTrainer(GRPOTrainer):
     """GRPOTrainer plus over-turn masking for multi-turn zoom dialogs."""
 
     def _generate(self, prompts: list) -> tuple:
-        """Generate as TRL does, then mask over-turn rollouts from the loss.
+        """Generate as TRL does, keep each assistant turn's text as generated, then mask over-turn rollouts.
 
-        Rule: a rollout whose last assistant turn still calls a tool ran out of turns (``max_tool_calling_iterations``
-        reached, or the next observation would not fit in ``max_completion_length``) without answering. Its
-        rewards are 0 already (no answer, broken grammar); its tokens get ``tool_mask = 0`` so that the policy is
-        not pushed away from a dialog that was cut short rather than wrong. It still counts in its group's mean.
-        Logged as ``tools/over_turn_ratio``.
+        TRL's response parser rewrites a turn (tool calls moved out, one text segment kept), so the format reward
+        would judge a cleaned-up turn; each assistant message gets its decoded tokens under
+        :data:`~grounded_rl.rewards.RAW_TEXT` (see :func:`generated_turns`).
+
+        Over-turn rule: a rollout whose last assistant turn still calls a tool ran out of turns
+        (``max_tool_calling_iterations`` reached, or the next observation would not fit in
+        ``max_completion_length``) without answering. Its rewards are 0 already (no answer, broken grammar); its
+        tokens get ``tool_mask = 0`` so that the policy is not pushed away from a dialog that was cut short rather
+        than wrong. It still counts in its group's mean. Logged as ``tools/over_turn_ratio``.
         """
         output = super()._generate(prompts)
-        _, _, tool_mask, completions, *_ = output
+        _, completion_ids, tool_mask, completions, *_ = output
+        tokenizer = self.processing_class.tokenizer
+        for i, (ids, completion) in enumerate(zip(completion_ids, completions, strict=True)):
+            turns = generated_turns(ids, tool_mask[i] if tool_mask is not None else None)
+            messages = [m for m in completion if m.get("role") == "assistant"]
+            for message, turn in zip(messages, turns, strict=True):
+                message[RAW_TEXT] = tokenizer.decode(turn, skip_special_tokens=False)
         if tool_mask is None:
             return output
         over = [bool(c and c[-1].get("role") == "assistant" and c[-1].get("tool_calls")) for c in completions]
@@ -179,6 +209,22 @@ class GroundedGRPOTrainer(GRPOTrainer):
         mode = "train" if self.model.training else "eval"
         self._metrics[mode]["tools/over_turn_ratio"].append(ratio.mean().item())
         return output
+
+
+def generated_turns(completion_ids: list[int], tool_mask: list[int] | None) -> list[list[int]]:
+    """The tokens of each assistant turn of a rollout: the runs the policy generated (``tool_mask`` 1).
+
+    Tool results (``tool_mask`` 0, chat-template tokens around the observation included) separate the turns; a
+    single-turn rollout (no mask) is one turn.
+
+    Example:
+        >>> generated_turns([1, 2, 9, 9, 3], [1, 1, 0, 0, 1])
+        [[1, 2], [3]]
+    """
+    if tool_mask is None:
+        return [list(completion_ids)]
+    pairs = zip(completion_ids, tool_mask, strict=True)
+    return [[token for token, _ in run] for generated, run in groupby(pairs, key=lambda p: p[1]) if generated]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -232,26 +278,39 @@ def _samples_from_traces(rows: Dataset) -> list[Sample]:
 
     The dataset stores the rendered question, not the options: they are read back from its "(A) ..." lines, and
     re-rendering must give the stored text exactly, so a wording change is an error rather than a wrong label.
+    The ground truth of an option question is the option its correct chains chose: the teacher's answer ("B",
+    "(B) yellow") mapped to the option's text, which the verifier needs. A question none of whose correct rows
+    selects an option is dropped and counted.
     """
     samples: dict[tuple[str, str], Sample] = {}
+    unresolved: set[tuple[str, str]] = set()
     for row in rows.remove_columns([c for c in rows.column_names if c == "images"]):
         key = (row["task"], row["question_id"])
-        if key in samples:
+        if key in samples or row["correct"] is False:  # a wrong chain's answer is not the ground truth
             continue
         user_text = "".join(p["text"] or "" for p in row["messages"][1]["content"] if p["type"] == "text")
         task = get_task(row["task"])
         lines = user_text.split("\n")
         options = [m[2] for m in map(_OPTION_LINE.match, lines) if m]
         question = "\n".join(line for line in lines[:-1] if not _OPTION_LINE.match(line))
+        answer = row["answer"] if task.answer_kind is not AnswerKind.POINT else None
+        if task.answer_kind is AnswerKind.OPTION:
+            index = choose_option(answer, options)
+            if index is None:
+                unresolved.add(key)
+                continue
+            answer = options[index]
         sample = Sample(
             id=row["question_id"], task=task.name, images=[], question=question, answer_kind=task.answer_kind,
-            options=options, answer=row["answer"] if task.answer_kind is not AnswerKind.POINT else None,
-            category=row["category"],
+            options=options, answer=answer, category=row["category"],
         )
         sample.target_boxes = [Box(*b) for b in row["target_boxes"]]
         if prompts_for(task.answer_kind).question_text(sample) != user_text:
             raise ConfigError(f"cannot read the question of {key} back from its trace (prompt version mismatch?)")
         samples[key] = sample
+    dropped = len(unresolved - set(samples))
+    if dropped:
+        logger.warning("dropped %d questions whose traced answer selects none of their options", dropped)
     return list(samples.values())
 
 
@@ -275,6 +334,12 @@ def load_prompts(config: GroundedGRPOConfig, processor: Any, family: Family) -> 
         pairs = zip(columns["prompt"], columns["image_size"], strict=True)
         lengths = [_prompt_tokens(processor, prompt, size) for prompt, size in pairs]
         keep = [i for i, n in enumerate(lengths) if n <= config.max_prompt_length]
+        if not keep:
+            raise ConfigError(
+                f"no prompts left: all {len(lengths)} of {config.task or config.data} are longer than "
+                f"max_prompt_length={config.max_prompt_length} tokens, image tokens included (shortest "
+                f"{min(lengths)}); lower max_pixels (now {resize.max_pixels}) or raise max_prompt_length"
+            )
         if len(keep) < len(lengths):
             logger.warning("dropped %d prompts longer than %d tokens", len(lengths) - len(keep), config.max_prompt_length)
         dataset = dataset.select(keep)
@@ -310,6 +375,8 @@ def build_trainer(config: GroundedGRPOConfig) -> GroundedGRPOTrainer:
     dtype = torch.bfloat16 if config.bf16 else torch.float32
     model, processor = load_model_and_processor(config.model, dtype=dtype)
     processor.tokenizer.padding_side = "left"  # TRL generates from left-padded prompts
+    if config.max_pixels is not None:  # before anything reads the resize: it defines the model frame
+        set_max_pixels(processor, config.max_pixels)
     family = family_of(model.config)
     if config.freeze_vision:
         logger.info("froze %d vision-tower parameters", freeze_vision_tower(model))

@@ -46,6 +46,7 @@ from trace_forge.tasks import AnswerKind, Sample, Task, get_task
 __all__ = [
     "REWARDS",
     "DEFAULT_WEIGHTS",
+    "RAW_TEXT",
     "Dialog",
     "Truth",
     "assistant_turns",
@@ -60,6 +61,9 @@ __all__ = [
 
 RewardFunc = Callable[..., list[float | None]]
 
+# Key of an assistant message holding the turn's decoded tokens as generated (see :func:`assistant_turns`).
+RAW_TEXT = "raw_text"
+
 # Problems about where a point lies, judged by the grounding reward, not by the grammar.
 _POINT_PROBLEMS = frozenset(
     {ProblemCode.FLOAT_COORDINATE, ProblemCode.NEGATIVE_COORDINATE, ProblemCode.POINT_OUTSIDE_IMAGE}
@@ -72,21 +76,26 @@ _POINT_PROBLEMS = frozenset(
 
 
 def assistant_turns(completion: str | Sequence[Mapping[str, Any]]) -> list[str] | None:
-    """The assistant turns of a rollout as text, or ``None`` when the messages do not alternate as a dialog should.
+    """The assistant turns of a rollout as the model wrote them, or ``None`` when the messages do not alternate.
 
     A rollout is either a string or TRL's list of messages (``assistant``, then ``tool`` and ``assistant`` in
-    turn). TRL's response parser moves ``<tool_call>`` blocks out of an assistant turn into ``tool_calls``; they
-    are written back inline in their original form, so the grammar is checked on what the model generated (extra
-    keys included).
+    turn). TRL's response parser rewrites an assistant turn: it moves ``<tool_call>`` blocks into ``tool_calls``
+    and keeps one text segment as ``content``, dropping text before a call and reordering the rest, so a badly
+    formed turn parses into a well-formed message. The grammar is therefore checked on the turn as generated,
+    which :class:`~grounded_rl.grpo.GroundedGRPOTrainer` keeps next to each message under :data:`RAW_TEXT`. A
+    message without it is read from its ``content``, unless it carries parsed ``tool_calls``: its text is lost.
+
+    Raises:
+        ValueError: an assistant message has ``tool_calls`` but no :data:`RAW_TEXT`.
 
     Example:
         >>> assistant_turns([
-        ...     {"role": "assistant", "content": "<think> a (1, 2) </think>",
-        ...      "tool_calls": [{"type": "function", "function": {"name": "zoom", "arguments": {"point": [1, 2]}}}]},
+        ...     {"role": "assistant", "content": "<think> a </think>", "tool_calls": [{"type": "function"}],
+        ...      RAW_TEXT: "blah <tool_call>{}</tool_call><think> a </think>"},
         ...     {"role": "tool", "content": "crop"},
         ...     {"role": "assistant", "content": "<think> b </think><answer> B </answer>"},
-        ... ])[0]
-        '<think> a (1, 2) </think>\\n<tool_call>\\n{"name": "zoom", "arguments": {"point": [1, 2]}}\\n</tool_call>'
+        ... ])
+        ['blah <tool_call>{}</tool_call><think> a </think>', '<think> b </think><answer> B </answer>']
     """
     if isinstance(completion, str):
         return [completion]
@@ -95,11 +104,19 @@ def assistant_turns(completion: str | Sequence[Mapping[str, Any]]) -> list[str] 
         if message.get("role") != ("assistant" if i % 2 == 0 else "tool"):
             return None
         if i % 2 == 0:
-            text = _text(message.get("content"))
-            calls = [c.get("function", c) for c in message.get("tool_calls") or []]
-            text = "\n".join([text.strip(), *(f"<tool_call>\n{json.dumps(c)}\n</tool_call>" for c in calls)])
-            turns.append(text.strip())
+            turns.append(_generated_text(message, i))
     return turns or None
+
+
+def _generated_text(message: Mapping[str, Any], index: int) -> str:
+    if RAW_TEXT in message:
+        return message[RAW_TEXT]
+    if message.get("tool_calls"):
+        raise ValueError(
+            f"assistant message {index} has parsed tool_calls but no {RAW_TEXT!r}: the turn as generated is needed "
+            "to check its format (GroundedGRPOTrainer attaches it; a plain GRPOTrainer does not)"
+        )
+    return _text(message.get("content"))
 
 
 def _text(content: Any) -> str:
@@ -291,8 +308,9 @@ def get_zoom_diversity_reward(
 ) -> RewardFunc:
     """Build the zoom-diversity reward of multi-turn ViGoRL (its r_div).
 
-    A zoom point earns ``bonus`` when it lies on the image and at least ``min_distance`` (in the model's frame)
-    from every earlier zoom point, at most ``max_bonuses`` times. Without it the paper's policy collapses to
+    A zoom point earns ``bonus`` when it lies on the image and at least ``min_distance`` pixels of the original
+    image from every earlier zoom point (measured in the pixel frame, so the rule means the same for every model
+    family: 10 units of Qwen3-VL's 0-1000 grid can be 20 px or more), at most ``max_bonuses`` times. Without it the paper's policy collapses to
     answering without zooming (Fig. A1). The bonus is paid only to rollouts that end with an answer, and with
     ``requires_correct`` (default) only to correct ones: ViGoRL paid it unconditionally, which rewards zoom spam.
     Single-turn rollouts get ``None``.
@@ -337,13 +355,14 @@ class _ZoomDiversity:
             if dialog.final is None or (self.requires_correct and _score(truth, dialog.final) < 1.0):
                 rewards.append(0.0)
                 continue
-            seen: list[Point] = []
+            seen: list[Point] = []  # in the pixel frame of the original image
             paid = 0
             for p in dialog.zoom_points:
+                pixel = p.to(Frame.PIXEL, truth.geometry)
                 on_image = truth.geometry.contains(p.x, p.y, p.frame)
-                if on_image and all(p.distance(q) >= self.min_distance for q in seen):
+                if on_image and all(pixel.distance(q) >= self.min_distance for q in seen):
                     paid += 1
-                seen.append(p)
+                seen.append(pixel)
             rewards.append(self.bonus * min(paid, self.max_bonuses))
         return rewards
 

@@ -16,7 +16,8 @@ also resume from their own trainer checkpoints). Stages:
 
 The YAML keys ``sft``, ``grpo`` and ``eval`` hold the fields of :class:`~grounded_rl.sft.SFTArgs`,
 :class:`~grounded_rl.grpo.GroundedGRPOConfig` and :class:`~grounded_rl.eval.EvalConfig`; the pipeline fills in
-the model and data paths that link the stages.
+the model and data paths that link the stages. A config whose GRPO questions are its evaluation questions (same
+task, data folder and split) is refused unless it sets ``allow_eval_overlap: true``.
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ class PipelineConfig:
     sft: dict[str, Any] = field(default_factory=dict, metadata={"help": "SFTArgs fields."})
     grpo: dict[str, Any] = field(default_factory=dict, metadata={"help": "GroundedGRPOConfig fields."})
     eval: dict[str, Any] | None = field(default=None, metadata={"help": "EvalConfig fields; no eval stage if unset."})
+    allow_eval_overlap: bool = field(
+        default=False, metadata={"help": "Allow GRPO on the evaluation questions (demos on the bundled samples)."}
+    )
 
     def __post_init__(self) -> None:
         if (self.model is None) == (self.tiny_model is None):
@@ -63,6 +67,14 @@ class PipelineConfig:
             raise ConfigError("set exactly one of data (a trace dataset) and traces (mine one)")
         if self.traces is not None and not {"task", "data_dir"} <= set(self.traces):
             raise ConfigError("traces needs at least task and data_dir")
+        shared = _questions(self.grpo) if self.eval is not None and not self.allow_eval_overlap else None
+        if shared is not None and shared == _questions(self.eval):
+            task, data_dir, split = shared
+            raise ConfigError(
+                f"grpo and eval use the same questions (task {task!r}, data_dir {data_dir!r}, split {split!r}): "
+                "RL on the evaluation set inflates its score; set grpo.split (e.g. train) or another data_dir, "
+                "or allow_eval_overlap: true for a demo"
+            )
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> PipelineConfig:
@@ -79,6 +91,21 @@ class PipelineConfig:
     @property
     def multi_turn(self) -> bool:
         return bool(self.grpo.get("multi_turn", False))
+
+
+def _questions(stage: dict[str, Any]) -> tuple[str, str | None, str] | None:
+    """(task, data folder, split) a stage's questions come from; the split defaults as the task's loader does.
+
+    ``None`` for GRPO on a trace dataset's questions, which no benchmark stage reads.
+    """
+    from trace_forge.tasks import get_task
+
+    task = stage.get("task")
+    if task is None:
+        return None
+    data_dir = stage.get("data_dir")
+    split = stage.get("split") or get_task(task, **(stage.get("task_options") or {})).default_split
+    return (task, str(Path(data_dir).resolve()) if data_dir else None, split)
 
 
 def _stage(out: Path, name: str, run: Callable[[Path], Any]) -> Path:
@@ -146,7 +173,8 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Path]:
     from grounded_rl.sft import train as run_sft
 
     def sft(d: Path) -> None:
-        run_sft(SFTArgs.from_sources(None, {**config.sft, "model": base, "data": data, "out": str(d)}))
+        # resume: a crashed SFT continues from its last checkpoint (from scratch, with a warning, when none).
+        run_sft(SFTArgs.from_sources(None, {**config.sft, "model": base, "data": data, "out": str(d), "resume": True}))
 
     dirs["sft"] = _stage(out, "sft", sft)
 

@@ -39,6 +39,7 @@ from trace_forge.errors import ConfigError, DataError
 from trace_forge.grounding import zoom
 from trace_forge.grounding.zoom import ZoomSpec
 from trace_forge.linearize import Chain, LinearizeConfig, linearize, to_dialog
+from trace_forge.publish import build_provenance, write_provenance
 from trace_forge.search.store import RUN_JSON, RunStore, read_records
 from trace_forge.search.tree import Tree
 from trace_forge.tasks import Sample, get_task
@@ -376,9 +377,11 @@ def linearize_run(
 ) -> DatasetDict:
     """Turn a search run directory into a training dataset on disk.
 
-    Reads ``run.json`` and ``trees.jsonl``, reloads the task's samples (for canvases and question text) from
-    ``data_dir`` or the run's own ``data_dir`` and split, linearizes every tree, splits by question
-    (``config.seed``) and writes with :func:`write_dataset`.
+    Reads ``run.json`` and ``trees.jsonl``, reloads the samples of the searched questions (for canvases and
+    question text) from ``data_dir`` or the run's own ``data_dir``, split and task options, linearizes every tree,
+    splits by question (``config.seed``) and writes with :func:`write_dataset`, plus ``provenance.json`` (teacher,
+    search parameters, per-category yield) for the dataset card. Rows follow the task data's question order, not
+    the order questions finished in, so linearizing the same run always gives the same dataset.
 
     Args:
         run_dir: the search run directory.
@@ -400,23 +403,25 @@ def linearize_run(
     store = RunStore(run_dir)
     run = store.read_run_json()
     try:
-        task = get_task(run["task"])
+        task = get_task(run["task"], **(run.get("task_options") or {}))
     except KeyError:
         raise DataError("run.json names no task", path=run_dir / RUN_JSON) from None
     records = _numbered_records(store.trees_path)
     if not records:
         raise DataError("no finished question to linearize", path=store.trees_path)
     source_dir = data_dir if data_dir is not None else run.get("data_dir")
-    samples = {s.id: s for s in task.load(source_dir, split=run.get("split"))}
-    rows: list[dict[str, Any]] = []
+    samples = _searched_samples(task.load(source_dir, split=run.get("split")), {r["question_id"] for _, r in records})
+    by_question = {record["question_id"]: (line, record) for line, record in records}
     for line, record in records:
-        sample = samples.get(record["question_id"])
-        if sample is None:
+        if record["question_id"] not in samples:
             raise DataError(
                 f"question {record['question_id']!r} is not in the {task.name} data "
                 f"({source_dir or task.hub_id}, split {run.get('split') or task.default_split})",
                 path=store.trees_path, line=line,
             )
+    rows: list[dict[str, Any]] = []
+    for qid, sample in samples.items():
+        line, record = by_question[qid]
         try:
             rows += record_rows(record, sample, mode, config, zoom_spec=task.zoom, run_id=run_dir.name)
         except (KeyError, TypeError, ValueError) as e:
@@ -424,4 +429,18 @@ def linearize_run(
     if not rows:
         raise DataError("no tree holds a correct grounded trajectory", path=store.trees_path)
     splits = split_by_question(rows, val_fraction, config.seed)
-    return write_dataset(splits, out_dir, overwrite=overwrite)
+    dataset = write_dataset(splits, out_dir, overwrite=overwrite)
+    write_provenance(out_dir, build_provenance(out_dir, run_dir))
+    return dataset
+
+
+def _searched_samples(samples: Iterable[Sample], wanted: set[str]) -> dict[str, Sample]:
+    """The samples whose ids are in ``wanted``, in the task data's order; reading stops once all are found (a run
+    of 100 questions need not hold a 172k-question split in memory)."""
+    found: dict[str, Sample] = {}
+    for sample in samples:
+        if sample.id in wanted and sample.id not in found:
+            found[sample.id] = sample
+            if len(found) == len(wanted):
+                break
+    return found

@@ -32,7 +32,7 @@ from trace_forge.grounding import (
     render_single_turn,
     render_zoom_turn,
 )
-from trace_forge.search.tree import Node, Tree
+from trace_forge.search.tree import Node, Tree, makes_chain
 from trace_forge.tasks.prompts import PromptSet
 
 __all__ = [
@@ -179,12 +179,12 @@ def _direct_chains(tree: Tree, question_id: str) -> list[Chain]:
     for node in tree.nodes:
         prefix = tree.steps_to(node)
         values = _values(tree, node)
-        if node.terminal and _correct(node.reward) and prefix:
+        if node.terminal and makes_chain(node.reward, True, len(prefix)):
             chains.append(Chain(question_id, "direct", tuple(prefix), node.answer or "", True,
                                 float(node.reward or 0.0), values, ChainSource(node.id)))
         for i, rollout in enumerate(node.rollouts):
             steps = (*prefix, *rollout.steps)
-            if _correct(rollout.reward) and rollout.answered and steps:
+            if makes_chain(rollout.reward, rollout.answered, len(steps)):
                 chains.append(Chain(question_id, "direct", steps, rollout.answer, True, rollout.reward,
                                     values, ChainSource(node.id, (i,))))
     return chains

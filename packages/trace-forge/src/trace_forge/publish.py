@@ -189,17 +189,20 @@ def summarize(dataset_dir: str | Path) -> DataSummary:
 
 
 def build_provenance(dataset_dir: str | Path, run_dir: str | Path | None = None) -> Provenance:
-    """Provenance from the dataset columns, completed from the search run directory when given.
+    """Provenance from the dataset columns, completed from the search run directory.
 
-    Without ``run_dir`` the teacher is only what the ``teacher`` column says (``"<name>:<model>"``) and the
-    search parameters and per-category yield are unknown.
+    ``run_dir`` defaults to the dataset's parent folder when that holds a ``run.json`` (``linearize`` writes
+    ``RUN/dataset-<mode>``). Without a run the teacher is only what the ``teacher`` column says
+    (``"<name>:<model>"``) and the search parameters and per-category yield are unknown.
 
     Raises:
         DataError: the dataset mixes tasks or prompt versions, or ``run_dir`` is not a run directory.
     """
-    from trace_forge.search.store import RunStore
+    from trace_forge.search.store import RUN_JSON, RunStore
     from trace_forge.stats import run_stats
 
+    if run_dir is None and (Path(dataset_dir).parent / RUN_JSON).is_file():
+        run_dir = Path(dataset_dir).parent
     summary = summarize(dataset_dir)
     for column, values in (("task", summary.tasks), ("prompt_version", summary.prompt_versions)):
         if len(values) != 1:
@@ -219,7 +222,7 @@ def build_provenance(dataset_dir: str | Path, run_dir: str | Path | None = None)
         prov.teacher = {**prov.teacher, **(run.get("teacher") or {})}
         prov.teacher.pop("usage", None)  # spend is not provenance, and would change with every resumed run
         prov.search = run.get("params")
-        prov.run = {k: run.get(k) for k in ("command", "data_dir", "split")}
+        prov.run = {k: run.get(k) for k in ("command", "data_dir", "split", "task_options")}
         prov.versions = {**(run.get("versions") or {}), **prov.versions}
         prov.yield_by_category = {
             name: {"questions": c.questions, "solved": c.solved} for name, c in stats.categories.items()
@@ -277,10 +280,12 @@ def _json_block(value: Any) -> str:
     return "```json\n" + json.dumps(value, indent=2, sort_keys=True) + "\n```"
 
 
-def _license_note(task: str) -> str:
+def _license_note(provenance: Provenance) -> str:
     from trace_forge.tasks import get_task, task_names
 
-    return get_task(task).license_note if task in task_names() else ""
+    if provenance.task not in task_names():
+        return ""
+    return get_task(provenance.task, **((provenance.run or {}).get("task_options") or {})).license_note
 
 
 def render_card(
@@ -369,7 +374,7 @@ def render_card(
         "reached the dataset.\n\n"
         + _table(["category", "solved / searched", "questions", "chains"], yield_rows)
     )
-    note = _license_note(provenance.task)
+    note = _license_note(provenance)
     parts.append(
         "## Licence of the source benchmark\n\n"
         + (note + "." if note and not note.endswith(".") else note or "See the source benchmark's licence.")
@@ -419,7 +424,8 @@ def publish(
         repo_id: the Hub dataset id, ``ORG/NAME``.
         private: create the repository as private (an existing repository keeps its visibility).
         token: a Hub token; default: ``huggingface_hub``'s lookup (``HF_TOKEN``, then the login cache).
-        run_dir: the search run directory, to complete provenance when ``provenance.json`` is absent.
+        run_dir: the search run directory, to complete provenance when ``provenance.json`` is absent (default:
+            ``dataset_dir``'s parent when it holds a ``run.json``).
         license_id: licence identifier for the card metadata (default: from provenance, else ``"other"``).
 
     Returns:

@@ -376,7 +376,7 @@ def _canvas(
     """The canvas of the record's sample re-loaded from the task data, and the task (for its zoom spec)."""
     from trace_forge.tasks import get_task
 
-    task = get_task(run["task"])
+    task = get_task(run["task"], **(run.get("task_options") or {}))  # e.g. a generic task's column mapping
     source = data_dir if data_dir is not None else run.get("data_dir")
     qid = record["question_id"]
     sample = next((s for s in task.load(data_dir=source, split=run.get("split")) if s.id == qid), None)

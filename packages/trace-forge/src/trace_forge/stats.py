@@ -2,8 +2,8 @@
 
 Counts come from the trees themselves (nodes, depths, branching, rollouts, correct trajectories) and from the
 ``stats`` object the search writes with each record (teacher requests and tokens, dead samples, dropped
-repeats, stop reasons). A *correct trajectory* is a rollout or a terminal node with reward >= 1, as in the
-search.
+repeats, stop reasons). A *correct trajectory* is one that linearization turns into a chain
+(:func:`~trace_forge.search.tree.makes_chain`), as in the search.
 
 Example:
     >>> stats = run_stats("runs/vstar-sim")  # doctest: +SKIP
@@ -20,7 +20,7 @@ from typing import Any
 
 from trace_forge.errors import DataError
 from trace_forge.search.store import ERRORS, RUN_JSON, TREES, RunStore, read_records
-from trace_forge.search.tree import Tree
+from trace_forge.search.tree import Tree, correct_trajectories
 
 __all__ = ["CategoryStats", "RunStats", "run_stats", "records_stats"]
 
@@ -54,7 +54,8 @@ class RunStats:
         branching_histogram: expanded nodes by their number of children (0 = a dead end).
         rollouts: rollouts over all nodes; ``rollouts_correct`` of them with reward >= 1.
         terminals: terminal (answer) nodes; ``terminals_correct`` of them with reward >= 1.
-        correct_trajectories: ``rollouts_correct + terminals_correct``.
+        correct_trajectories: rollouts and terminal nodes that become training chains (correct, answered, at
+            least one grounded step; see :func:`~trace_forge.search.tree.makes_chain`).
         dead: teacher samples that were neither a grounded step nor an answer (record stats).
         dropped: children dropped because their point repeated one of their path or a sibling (record stats).
         stop_reasons: why each question's search ended (record stats ``stopped``).
@@ -76,6 +77,7 @@ class RunStats:
     rollouts_correct: int = 0
     terminals: int = 0
     terminals_correct: int = 0
+    correct_trajectories: int = 0
     dead: int = 0
     dropped: int = 0
     stop_reasons: dict[str, int] = field(default_factory=dict)
@@ -92,10 +94,6 @@ class RunStats:
     def rollout_accuracy(self) -> float:
         return self.rollouts_correct / self.rollouts if self.rollouts else 0.0
 
-    @property
-    def correct_trajectories(self) -> int:
-        return self.rollouts_correct + self.terminals_correct
-
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON: every field plus the derived shares; histogram keys become strings (JSON objects)."""
         out = asdict(self)
@@ -107,7 +105,6 @@ class RunStats:
         out.update(
             solved_share=self.solved_share,
             rollout_accuracy=self.rollout_accuracy,
-            correct_trajectories=self.correct_trajectories,
         )
         return out
 
@@ -127,7 +124,8 @@ def records_stats(records: list[dict[str, Any]]) -> RunStats:
     categories: dict[str, CategoryStats] = {}
     for record in records:
         tree = Tree.from_dict(record["tree"])
-        correct = 0
+        correct = correct_trajectories(tree)
+        s.correct_trajectories += correct
         for node in tree.nodes[1:]:
             depths[node.depth] += 1
         for node in tree.nodes:
@@ -136,11 +134,8 @@ def records_stats(records: list[dict[str, Any]]) -> RunStats:
             if node.terminal:
                 s.terminals += 1
                 s.terminals_correct += (node.reward or 0) >= 1
-                correct += (node.reward or 0) >= 1
             s.rollouts += len(node.rollouts)
-            hits = sum(r.reward >= 1 for r in node.rollouts)
-            s.rollouts_correct += hits
-            correct += hits
+            s.rollouts_correct += sum(r.reward >= 1 for r in node.rollouts)
         s.nodes += len(tree.nodes) - 1
         s.solved += correct > 0
         cat = categories.setdefault(record.get("category") or "-", CategoryStats())

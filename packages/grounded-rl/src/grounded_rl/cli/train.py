@@ -18,9 +18,15 @@ Examples:
   grounded-rl grpo --model /tmp/tiny --task vstar --data-dir data/samples/vstar --out runs/grpo-tiny
   --num-generations 2 --max-steps 2
 
-  # multi-turn zoom GRPO from an SFT checkpoint, vLLM rollouts on the training GPUs
+  # single-turn GRPO on SAT-2's train split (its val split is for evaluation)
 
-  grounded-rl grpo --model runs/sft-multi --task vstar --data-dir /data/vstar --multi-turn --out runs/grpo-multi
+  grounded-rl grpo --model runs/sft --task sat2 --data-dir /data/SAT-v2 --split train --max-pixels 4194304
+  --out runs/grpo
+
+  # multi-turn zoom GRPO on ViGoRL's visual-search RL file (V*Bench stays for evaluation), vLLM rollouts
+
+  grounded-rl grpo --model runs/sft-multi --task generic --data-dir /data/visual_search/vigorl_SA_RL.jsonl
+  -o image=images -o question=problem -o answer_kind=text --multi-turn --max-pixels 2850000 --out runs/grpo-multi
   --use-vllm --vllm-mode colocate
 """
 
@@ -51,7 +57,17 @@ def grpo(
     task: Annotated[str | None, typer.Option(help="trace-forge task whose questions become prompts.")] = None,
     data_dir: Annotated[str | None, typer.Option(help="The task's data folder (official layout).")] = None,
     data: Annotated[str | None, typer.Option(help="Instead of --task: a trace-forge dataset (dir or Hub id).")] = None,
+    split: Annotated[
+        str | None, typer.Option(help="Split to train on (e.g. train); the task's default (often test) when unset.")
+    ] = None,
+    option: Annotated[
+        list[str] | None,
+        typer.Option("--option", "-o", help="Task option KEY=VALUE (e.g. generic's column map); repeatable."),
+    ] = None,
     multi_turn: Annotated[bool, typer.Option("--multi-turn", help="Zoom-tool dialogs.")] = False,
+    max_pixels: Annotated[
+        int | None, typer.Option(min=1, help="Cap the resized image's pixels (paper: 4194304; V* multi-turn 2850000).")
+    ] = None,
     num_generations: Annotated[int | None, typer.Option(min=2, help="Group size (paper: 5; 8 multi-turn).")] = None,
     max_steps: Annotated[int | None, typer.Option(min=1, help="Optimizer steps (paper: 500).")] = None,
     use_vllm: Annotated[bool, typer.Option("--use-vllm", help="Generate rollouts with vLLM.")] = False,
@@ -65,9 +81,14 @@ def grpo(
     if vllm_mode not in (None, "colocate", "server"):
         raise ConfigError(f"--vllm-mode must be colocate or server, got {vllm_mode!r}")
     # Flags left unset (None, or a switch not given) keep the config file's value.
-    flags = dict(model=model, task=task, data_dir=data_dir, data=data, multi_turn=multi_turn or None,
-                 num_generations=num_generations, max_steps=max_steps, use_vllm=use_vllm or None, vllm_mode=vllm_mode)
+    from trace_forge.cli.tasks import parse_task_options
+
+    flags = dict(model=model, task=task, data_dir=data_dir, data=data, split=split, multi_turn=multi_turn or None,
+                 max_pixels=max_pixels, num_generations=num_generations, max_steps=max_steps,
+                 use_vllm=use_vllm or None, vllm_mode=vllm_mode)
     values = {**_yaml(config), **{k: v for k, v in flags.items() if v is not None}, "output_dir": str(out)}
+    if option:  # flags add to (and override) the config file's task options
+        values["task_options"] = {**(values.get("task_options") or {}), **parse_task_options(option)}
     if not values.get("model"):
         raise ConfigError("--model is required (flag or config file)")
 

@@ -8,6 +8,7 @@ import platform
 import shlex
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
@@ -22,6 +23,7 @@ from rich.text import Text
 
 from trace_forge.cli._app import app, console
 from trace_forge.errors import ConfigError
+from trace_forge.grounding.frames import QWEN_MAX_PIXELS, QWEN_MIN_PIXELS
 
 _EXAMPLES = (
     "Examples:\n\n"
@@ -33,8 +35,13 @@ _EXAMPLES = (
     "--simulations 20 --shard 0/4 --out runs/vstar-72b-s0"
 )
 
-# Parameters that must match for --resume to continue a run (others, like concurrency, may change).
-_RESUME_KEYS = ("task", "data_dir", "split", "params", "teacher_name", "teacher_model", "prompt_version")
+# Parameters that must match for --resume to continue a run (others, like concurrency, may change); the teacher's
+# settings are compared too, less where it is served (see _resume_identity).
+_RESUME_KEYS = ("task", "task_options", "data_dir", "split", "params", "teacher_name", "teacher_model",
+                "prompt_version")
+
+# Seconds between writes of the teacher usage to run.json during a run: what a kill can lose of the accounting.
+USAGE_SAVE_INTERVAL_S = 30.0
 
 
 def _parse_shard(shard: str | None) -> tuple[int, int] | None:
@@ -58,11 +65,17 @@ def search(
     base_url: Annotated[
         list[str] | None, typer.Option(help="Teacher endpoint (OpenAI style includes /v1). Repeat for replicas.")
     ] = None,
-    api_key_env: Annotated[str | None, typer.Option(help="Environment variable holding the API key.")] = None,
+    api_key_env: Annotated[str | None, typer.Option(help=(
+        "Environment variable holding the API key (default OPENAI_API_KEY / ANTHROPIC_API_KEY; a --base-url "
+        "server gets EMPTY unless this names its key)."))] = None,
     data_dir: Annotated[
         Path | None, typer.Option(help="Local copy of the benchmark in its official layout (else the Hub).")
     ] = None,
     split: Annotated[str | None, typer.Option(help="Dataset split (task default when omitted).")] = None,
+    option: Annotated[
+        list[str] | None,
+        typer.Option("--option", "-o", help="Task option KEY=VALUE (VALUE read as JSON if it parses); repeatable."),
+    ] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Search at most this many questions.")] = None,
     shard: Annotated[str | None, typer.Option(help="I/N: search only questions i with i % N == I.")] = None,
     simulations: Annotated[int, typer.Option(min=1, help="MCTS simulations per question (paper: 20).")] = 8,
@@ -74,7 +87,11 @@ def search(
     temperature: Annotated[float, typer.Option(min=0.0, help="Teacher sampling temperature.")] = 1.0,
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="Teacher nucleus sampling.")] = 1.0,
     max_tokens: Annotated[int, typer.Option(min=1, help="Tokens per teacher step.")] = 512,
-    max_calls: Annotated[int | None, typer.Option(min=1, help="Per-question budget of teacher requests.")] = None,
+    max_calls: Annotated[
+        int | None,
+        typer.Option(min=1, help="Per-question budget of teacher requests (checked between simulations; one "
+                     "simulation may overshoot)."),
+    ] = None,
     max_question_tokens: Annotated[
         int | None, typer.Option(min=1, help="Per-question budget of prompt + completion tokens.")
     ] = None,
@@ -87,9 +104,14 @@ def search(
     timeout: Annotated[float, typer.Option(min=0.1, help="Seconds before a teacher request is cancelled.")] = 120.0,
     max_retries: Annotated[int, typer.Option(min=0, help="Retries per request on 429/5xx/timeouts.")] = 6,
     max_pixels: Annotated[
-        int | None, typer.Option(help="Resize images to the teacher model's pixel budget before sending.")
-    ] = None,
-    min_pixels: Annotated[int, typer.Option(help="Lower pixel bound when --max-pixels is given.")] = 3136,
+        int,
+        typer.Option(min=0, help="Resize images before sending (Qwen2.5-VL smart_resize, multiples of 28) to at "
+                     "most this many pixels; teacher points are read in that frame. The default is Qwen2.5-VL's own "
+                     "bound, so a Qwen server's resize changes nothing and its frame is known. 0 sends originals: "
+                     "for APIs that answer in original pixels."),
+    ] = QWEN_MAX_PIXELS,
+    min_pixels: Annotated[int, typer.Option(min=1, help="Lower pixel bound of the resize (unused with "
+                                            "--max-pixels 0).")] = QWEN_MIN_PIXELS,
     sim_skill: Annotated[float, typer.Option(help="sim: probability a step points at the target.")] = 0.5,
     sim_accuracy: Annotated[float, typer.Option(help="sim: probability a final answer is right.")] = 0.5,
     resume: Annotated[bool, typer.Option(help="Continue a run in OUT, skipping finished questions.")] = False,
@@ -103,10 +125,10 @@ def search(
     linearized into a Hugging Face dataset under OUT/dataset-single (see `trace-forge linearize` for multi-turn).
     """
     from trace_forge import __version__
+    from trace_forge.cli.tasks import make_task, parse_task_options
     from trace_forge.grounding import Resize
     from trace_forge.search.mcts import SearchConfig
     from trace_forge.search.store import RunStore
-    from trace_forge.tasks import get_task
     from trace_forge.tasks.prompts import PROMPT_VERSION
     from trace_forge.teachers import RuntimeConfig, build_client
 
@@ -120,30 +142,10 @@ def search(
     if model is None:
         raise ConfigError(f"--model is required for teacher {teacher!r}")
     store = RunStore(out)
-    run_info = {
-        "command": shlex.join(["trace-forge", *sys.argv[1:]]),
-        "task": task,
-        "data_dir": str(data_dir) if data_dir else None,
-        "split": split,
-        "limit": limit,
-        "shard": shard,
-        "params": asdict(config),
-        "teacher_name": teacher,
-        "teacher_model": model,
-        "teacher": {"backend": teacher, "model": model, "base_urls": list(base_url or []),
-                    "max_pixels": max_pixels, "min_pixels": min_pixels if max_pixels else None},
-        "prompt_version": PROMPT_VERSION,
-        "versions": {"trace_forge": __version__, "python": platform.python_version()},
-    }
-    previous = store.read_run_json()
     if store.trees_path.exists() and not resume:
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    if resume and previous is not None:
-        changed = [k for k in _RESUME_KEYS if previous.get(k) != run_info.get(k)]
-        if changed:
-            raise ConfigError(f"--resume: {out} was made with different {', '.join(changed)}; use another --out")
-
-    task_obj = get_task(task)
+    task_options = parse_task_options(option or [])
+    task_obj = make_task(task, task_options)
     samples = list(task_obj.load(data_dir, split=split, limit=limit))
     if shard_in is not None:
         samples = [s for i, s in enumerate(samples) if i % shard_in[1] == shard_in[0]]
@@ -158,13 +160,38 @@ def search(
                             max_retries=max_retries)
     client = build_client(teacher, model, base_url or (), api_key_env, config=runtime,
                           cache_path=store.cache_path, resize=resize, **extra)
-    run_info["teacher"].update(client.teacher.describe())
-    run_info["started"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    store.write_run_json({**(previous or {}), **run_info} if resume else run_info)
+    run_info = {
+        "command": shlex.join(["trace-forge", *sys.argv[1:]]),
+        "task": task,
+        "task_options": task_options,
+        "data_dir": str(data_dir.resolve()) if data_dir else None,
+        "split": split,
+        "limit": limit,
+        "shard": shard,
+        "params": asdict(config),
+        "teacher_name": teacher,
+        "teacher_model": model,
+        "teacher": {"backend": teacher, "model": model, "base_urls": list(base_url or []),
+                    "max_pixels": resize.max_pixels if resize else None,
+                    "min_pixels": resize.min_pixels if resize else None,
+                    **client.teacher.describe()},
+        "prompt_version": PROMPT_VERSION,
+        "versions": {"trace_forge": __version__, "python": platform.python_version()},
+    }
+    previous = store.read_run_json()
+    if resume and previous is not None:
+        changed = _resume_changes(previous, run_info)
+        if changed:
+            asyncio.run(client.aclose())
+            raise ConfigError(f"--resume: {out} was made with different {', '.join(changed)}; use another --out")
+    store.start_session(run_info, resume=resume)
 
-    summary = asyncio.run(_search_with_progress(samples, task_obj, client, config, store, quiet))
+    usage_log = _UsageLog(store, client)
+    try:
+        summary = asyncio.run(_search_with_progress(samples, task_obj, client, config, store, quiet, usage_log))
+    finally:  # an interrupted run still records what it spent
+        usage_log.save(finished=True)
     usage = client.snapshot()
-    store.write_run_json({**store.read_run_json(), "usage": usage})
     _print_summary(summary, usage, len(samples))
 
     if linearize and store.trees_path.exists():
@@ -183,7 +210,40 @@ def search(
         raise typer.Exit(1)
 
 
-async def _search_with_progress(samples, task, client, config, store, quiet):
+def _resume_identity(info: dict) -> dict:
+    """What must match between a run and its resumption: the keys above and the teacher's settings."""
+    from trace_forge.teachers.runtime import teacher_settings
+
+    return {**{k: info.get(k) for k in _RESUME_KEYS}, "teacher": teacher_settings(info.get("teacher") or {})}
+
+
+def _resume_changes(previous: dict, current: dict) -> list[str]:
+    """Names of the resume-identity fields that differ; teacher fields are named one by one (``teacher.skill``)."""
+    old, new = _resume_identity(previous), _resume_identity(current)
+    changed = [k for k in _RESUME_KEYS if old[k] != new[k]]
+    changed += [f"teacher.{k}" for k in sorted(old["teacher"].keys() | new["teacher"].keys())
+                if old["teacher"].get(k) != new["teacher"].get(k)]
+    return changed
+
+
+class _UsageLog:
+    """Writes the teacher usage of this session to run.json as the run goes (at most every
+    ``USAGE_SAVE_INTERVAL_S``) and at its end, so a killed run loses little of its accounting."""
+
+    def __init__(self, store, client) -> None:
+        self.store, self.client = store, client
+        self.last = time.monotonic()
+
+    def tick(self) -> None:
+        if time.monotonic() - self.last >= USAGE_SAVE_INTERVAL_S:
+            self.save()
+
+    def save(self, *, finished: bool = False) -> None:
+        self.store.record_usage(self.client.snapshot(), finished=finished)
+        self.last = time.monotonic()
+
+
+async def _search_with_progress(samples, task, client, config, store, quiet, usage_log):
     from trace_forge.search.mcts import run_search
 
     progress = Progress(
@@ -195,6 +255,9 @@ async def _search_with_progress(samples, task, client, config, store, quiet):
     counts = {"done": 0, "correct": 0}
 
     def on_done(sample, result):
+        usage_log.tick()
+        if quiet:
+            return
         counts["done"] += 1
         counts["correct"] += bool(result and result.correct)
         u = client.usage
@@ -210,9 +273,7 @@ async def _search_with_progress(samples, task, client, config, store, quiet):
     async with client:
         finished = store.finished()
         progress.update(bar, completed=sum(s.id in finished for s in samples))
-        if quiet:
-            return await run_search(samples, task, client, config, store)
-        with Live(Group(progress, stats), console=console, refresh_per_second=4):
+        with nullcontext() if quiet else Live(Group(progress, stats), console=console, refresh_per_second=4):
             return await run_search(samples, task, client, config, store, on_done=on_done)
 
 

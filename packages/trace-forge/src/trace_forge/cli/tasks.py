@@ -58,7 +58,7 @@ def show(
     ] = None,
 ) -> None:
     """Load a task's samples and print them with the counts of what was read and skipped."""
-    task = _make_task(task_name, option or [])
+    task = make_task(task_name, parse_task_options(option or []))
     samples = list(task.load(data_dir=data_dir, split=split, limit=limit, skip_bad=skip_bad))
     table = Table("id", "category", "question", "options / answer", "boxes (xyxy px)", "images", title=task.name)
     for sample in samples:
@@ -75,7 +75,8 @@ def show(
     out.print(f"{len(samples)} sample(s) shown (limit {limit}); skipped: {skipped}", highlight=False)
 
 
-def _make_task(name: str, pairs: list[str]) -> Task:
+def parse_task_options(pairs: list[str]) -> dict[str, Any]:
+    """``-o KEY=VALUE`` flags as task options; VALUE is read as JSON when it parses, else kept as text."""
     options: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -85,6 +86,11 @@ def _make_task(name: str, pairs: list[str]) -> Task:
             options[key] = json.loads(value)
         except json.JSONDecodeError:
             options[key] = value
+    return options
+
+
+def make_task(name: str, options: dict[str, Any]) -> Task:
+    """The task ``name`` built with ``options``; an option its constructor does not take is a ConfigError."""
     try:
         return get_task(name, **options)
     except TypeError as e:  # an option the task's constructor does not take

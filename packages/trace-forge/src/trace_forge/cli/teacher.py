@@ -38,7 +38,9 @@ def check(
     ] = None,
     api_key_env: Annotated[
         str | None,
-        typer.Option(help="Environment variable holding the API key (default OPENAI_API_KEY / ANTHROPIC_API_KEY)."),
+        typer.Option(help=(
+            "Environment variable holding the API key (default OPENAI_API_KEY / ANTHROPIC_API_KEY; a --base-url "
+            "server gets EMPTY unless this names its key).")),
     ] = None,
     image: Annotated[
         Path | None,

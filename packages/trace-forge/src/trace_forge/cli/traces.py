@@ -6,7 +6,7 @@ Examples:
     trace-forge show runs/vstar/dataset-multi --split validation --index 0 --out row.png
     trace-forge stats runs/vstar [--json]
     trace-forge merge runs/vstar runs/vstar-shard0 runs/vstar-shard1
-    trace-forge publish runs/vstar/dataset-single --repo-id my-org/vstar-traces --run-dir runs/vstar
+    trace-forge publish runs/vstar/dataset-single --repo-id my-org/vstar-traces
 """
 
 from __future__ import annotations
@@ -133,7 +133,9 @@ def publish(
     repo_id: Annotated[str, typer.Option("--repo-id", help="Hub dataset id, ORG/NAME.")],
     private: Annotated[bool, typer.Option("--private", help="Create the repository as private.")] = False,
     run_dir: Annotated[
-        Path | None, typer.Option("--run-dir", help="The search run, for provenance when DIR has none.")
+        Path | None,
+        typer.Option("--run-dir", help="The search run, for provenance when DIR has none (default: DIR/.. when it "
+                     "holds run.json)."),
     ] = None,
     license_id: Annotated[
         str | None,

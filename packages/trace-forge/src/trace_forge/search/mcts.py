@@ -5,7 +5,9 @@ One simulation of :class:`QuestionSearch`:
 1. **Select** a node by UCB from the root (:func:`~trace_forge.search.tree.select`).
 2. **Expand** it: one request for ``children`` samples (``n = k``: the server shares the prompt's prefill). Each
    sample is either a grounded step (one point) or a final answer (a terminal child). Steps whose point repeats a
-   point of their path, or a sibling's, are dropped; malformed samples are counted as dead.
+   point of their path, or a sibling's, are dropped; malformed samples are counted as dead. An expansion that
+   adds no child is asked again with a fresh seed (up to ``EXPAND_ATTEMPTS`` times) before the node becomes a
+   dead end: one unlucky reply at the root must not waste the whole question.
 3. **Roll out** each new step ``rollouts`` times: ephemeral steps, never added to the tree, until an answer; the
    last allowed step forces one. A rollout that never answers is judged on its last text. The first step of all
    rollouts of a child is one request with ``n = rollouts``.
@@ -29,11 +31,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from trace_forge.errors import DataError, TraceForgeError
+from trace_forge.errors import TraceForgeError
 from trace_forge.grounding import Frame, ImageGeometry, Point, Step
-from trace_forge.grounding.format import format_point, parse_response
+from trace_forge.grounding.format import ProblemCode, format_point, parse_response
 from trace_forge.search.store import RunStore
-from trace_forge.search.tree import Node, Rollout, Tree, backup, select
+from trace_forge.search.tree import Node, Rollout, Tree, backup, correct_trajectories, select
 from trace_forge.tasks import AnswerKind, Sample, Task
 from trace_forge.tasks.prompts import PROMPT_VERSION, prompts_for
 from trace_forge.tasks.scoring import parse_point as parse_answer_point
@@ -46,6 +48,9 @@ log = logging.getLogger(__name__)
 
 # The teacher writes points in pixels of the image as it was sent, which the client's geometry calls `model`.
 TEACHER_FRAME = Frame.MODEL
+
+# Requests for one node's children before it counts as a dead end (the first one included).
+EXPAND_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,8 @@ class SearchConfig:
         rollout_max_steps: ephemeral steps per rollout, the last one forced to answer (5).
         temperature, top_p, max_tokens: teacher sampling (1.0, 1.0, 512 tokens per step).
         seed: base of every request's seed.
-        max_calls: per-question budget of teacher requests that reached the server (cache hits are free).
+        max_calls: per-question budget of teacher requests that reached the server (cache hits are free);
+            checked between simulations, so the simulation that reaches it may overshoot.
         max_tokens_total: per-question budget of prompt + completion tokens.
         stop_after_correct: end a question's search once this many correct trajectories exist.
     """
@@ -105,6 +111,7 @@ class QuestionStats:
     completion_tokens: int = 0
     dead: int = 0  # samples that were neither a one-point step nor an answer
     dropped_repeats: int = 0  # children whose point repeated their path or a sibling
+    expand_retries: int = 0  # expansions asked again because the previous reply added no child
     simulations: int = 0
     stopped: str = "simulations"  # or "budget", "enough_correct"
     seconds: float = 0.0
@@ -122,10 +129,8 @@ class SearchResult:
 
     @property
     def correct(self) -> int:
-        """Correct trajectories: rollouts and terminal nodes with reward >= 1."""
-        return sum(r.reward >= 1 for n in self.tree.nodes for r in n.rollouts) + sum(
-            n.terminal and (n.reward or 0) >= 1 for n in self.tree.nodes
-        )
+        """Correct trajectories that linearization turns into chains (see :func:`makes_chain`)."""
+        return correct_trajectories(self.tree)
 
 
 @dataclass
@@ -154,7 +159,7 @@ class QuestionSearch:
         self.client = client
         self.config = config
         self.prompts = prompts_for(sample.answer_kind)
-        self.image = ImageRef(sample.canvas())
+        self.image = ImageRef.of_sample(sample)  # the file's own bytes are sent when no resize is needed
         self.geometry: ImageGeometry = client.geometry(self.image)
         self.system = Message("system", (self.prompts.teacher_system(),))
         self.tree = Tree()
@@ -174,7 +179,7 @@ class QuestionSearch:
             if node.terminal:
                 backup(tree, node, node.reward or 0.0)
                 continue
-            if node.expanded:  # every sample of its expansion was dead or a repeat: a dead end
+            if node.expanded:  # every attempt to expand it was dead or a repeat: a dead end
                 backup(tree, node, 0.0)
                 continue
             children = await self._expand(node)
@@ -205,24 +210,34 @@ class QuestionSearch:
         return None
 
     async def _expand(self, node: Node) -> list[Node]:
-        """Ask for ``children`` next steps after ``node``; add the usable, non-repeating ones as children."""
+        """Ask for ``children`` next steps after ``node``; add the usable, non-repeating ones as children.
+
+        A reply that adds no child is asked again with a fresh seed, up to :data:`EXPAND_ATTEMPTS` requests; the
+        first attempt keeps the seed of earlier versions so their caches still answer it.
+        """
         force = node.depth + 1 >= self.config.max_depth
         prior = self.tree.steps_to(node)
-        samples = await self._generate(prior, force, n=self.config.children, seed=self._seed("expand", node.id))
         used = {self._teacher_xy(s.point) for s in prior}
-        children = []
-        for comp in samples:
-            read = self._read(comp.text, force)
-            if read.answer is not None:
-                children.append(self.tree.add_child(node, answer=read.answer, reward=read.reward))
-            elif read.step is None:
-                self.stats.dead += 1
-            elif (xy := self._teacher_xy(read.step.point)) in used:
-                self.stats.dropped_repeats += 1
-            else:
-                used.add(xy)
-                children.append(self.tree.add_child(node, step=read.step))
-        node.expanded = True
+        children: list[Node] = []
+        for attempt in range(EXPAND_ATTEMPTS):
+            if attempt:
+                self.stats.expand_retries += 1
+            seed = self._seed("expand", node.id) if attempt == 0 else self._seed("expand", node.id, attempt)
+            samples = await self._generate(prior, force, n=self.config.children, seed=seed)
+            for comp in samples:
+                read = self._read(comp.text, force)
+                if read.answer is not None:
+                    children.append(self.tree.add_child(node, answer=read.answer, reward=read.reward))
+                elif read.step is None:
+                    self.stats.dead += 1
+                elif (xy := self._teacher_xy(read.step.point)) in used:
+                    self.stats.dropped_repeats += 1
+                else:
+                    used.add(xy)
+                    children.append(self.tree.add_child(node, step=read.step))
+            if children:
+                break
+        node.expanded = True  # with children, or a dead end after every attempt
         return children
 
     async def _evaluate(self, child: Node) -> list[float]:
@@ -295,6 +310,9 @@ class QuestionSearch:
         if len(parsed.think) != 1 or len(parsed.steps) != 1:
             # A step anchors exactly one point; text with several would mix frames once converted.
             return _Read(problem="not_one_point")
+        if parsed.has(ProblemCode.FLOAT_COORDINATE):
+            # The stored text would keep the literal written in the teacher's frame: a wrong-frame number.
+            return _Read(problem=ProblemCode.FLOAT_COORDINATE.value)
         step = Step(parsed.think[0], parsed.steps[0].point)
         if not self.geometry.contains(step.point.x, step.point.y, TEACHER_FRAME):
             return _Read(problem="point_outside_image")
@@ -369,6 +387,9 @@ async def run_search(
 ) -> RunSummary:
     """Search every sample not already in ``store``, many questions at once, appending each finished tree.
 
+    A question that raises (teacher gave up, unreadable image, an unexpected bug) is recorded in ``errors.jsonl``
+    with the error's type and message and counted as failed; the others go on.
+
     Args:
         samples: questions to search (already sharded/limited by the caller).
         task: their task.
@@ -396,11 +417,15 @@ async def run_search(
             if abort:
                 continue
             try:
-                result = await QuestionSearch(sample, task, client, config).run()
-            except (TeacherError, DataError) as e:
+                # Built in a thread: decoding and encoding a large image takes seconds, which would stall
+                # every other question's requests on the event loop.
+                search = await asyncio.to_thread(QuestionSearch, sample, task, client, config)
+                result = await search.run()
+            except Exception as e:  # one bad question (an odd image, a bug) must not sink the others
                 if isinstance(e, TeacherError) and not getattr(e, "retryable", True) and e.status in (401, 403):
                     abort.append(e)  # bad credentials fail every question: stop at once
-                log.warning("question %s failed: %s", sample.id, e)
+                log.warning("question %s failed: %s: %s", sample.id, type(e).__name__, e)
+                log.debug("question %s: traceback", sample.id, exc_info=True)
                 store.append_error({"question_id": sample.id, "error": type(e).__name__, "message": str(e)})
                 summary.failed += 1
                 summary.failures.append(sample.id)

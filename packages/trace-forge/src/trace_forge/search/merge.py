@@ -1,7 +1,8 @@
 """Merge the run directories of one search split over several machines (shards) into one run directory.
 
-Shards must be parts of the same run: same task, search parameters, teacher and prompt version (otherwise
-their traces would not be comparable, and :class:`~trace_forge.errors.ConfigError` names the differing field).
+Shards must be parts of the same run: same task and task options, search parameters, teacher and prompt
+version (otherwise their traces would not be comparable, and :class:`~trace_forge.errors.ConfigError` names the
+differing field).
 Records are concatenated in shard order; a question finished by two shards keeps its first record (a
 conflicting copy is logged). Errors of questions that some shard finished are dropped. The merged ``run.json``
 is the first shard's, with the teacher ``usage`` counters summed over shards and every shard's own
@@ -26,14 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from trace_forge.errors import ConfigError, DataError
-from trace_forge.search.store import ERRORS, TREES, RunStore, read_records
+from trace_forge.search.store import ERRORS, TREES, RunStore, read_records, sum_usage
 from trace_forge.teachers.cache import ResponseCache
 
 __all__ = ["MergeReport", "merge_runs", "COMPATIBILITY_FIELDS"]
 
 log = logging.getLogger(__name__)
 
-COMPATIBILITY_FIELDS = ("task", "params", "teacher", "prompt_version")
+COMPATIBILITY_FIELDS = ("task", "task_options", "params", "teacher", "prompt_version")
 # Teacher keys that say where a shard ran and what it spent: they differ between the shards of one run by
 # nature.
 _TEACHER_LOCAL_KEYS = ("base_urls", "usage")
@@ -137,17 +138,6 @@ def _has_completions(path: Path) -> bool:
         db.close()
 
 
-def _sum_usage(usages: Sequence[dict[str, Any]]) -> dict[str, float]:
-    """Teacher usage counters (``run.json`` ``usage``) summed over shards; a counter missing or non-numeric in
-    any shard (an unknown cost, latency percentiles) is left out rather than under-counted."""
-    keys = set.intersection(*(set(u) for u in usages)) if usages else set()
-    return {
-        k: sum(u[k] for u in usages)
-        for k in sorted(keys)
-        if all(isinstance(u[k], int | float) and not isinstance(u[k], bool) for u in usages)
-    }
-
-
 def merge_runs(out: str | Path, shard_dirs: Sequence[str | Path]) -> MergeReport:
     """Merge shard run directories into ``out``: ``trees.jsonl``, ``errors.jsonl``, ``run.json``, caches.
 
@@ -198,8 +188,9 @@ def merge_runs(out: str | Path, shard_dirs: Sequence[str | Path]) -> MergeReport
         _write_jsonl(store.errors_path, errors)
     report.questions, report.errors = len(kept), len(errors)
     report.cache_rows = _merge_caches(out, shards)
-    merged = {k: v for k, v in shards[0].run.items() if k != "shard"}
-    merged["usage"] = _sum_usage([s.run.get("usage") or {} for s in shards])
+    # Sessions belong to a shard (each keeps its own under "shards"); the merged usage sums them all.
+    merged = {k: v for k, v in shards[0].run.items() if k not in ("shard", "sessions")}
+    merged["usage"] = sum_usage([s.run.get("usage") or {} for s in shards])
     merged["shards"] = [{"path": str(s.root), "questions": len(s.records), "run": s.run} for s in shards]
     store.write_run_json(merged)
     log.info("merged %d shards into %s: %d questions", len(shards), out, report.questions)

@@ -3,7 +3,9 @@ that was finished.
 
 Layout of a run directory::
 
-    run.json        command, parameters, teacher, versions (written atomically)
+    run.json        command, parameters, teacher, versions, and teacher usage per session (``sessions``: one
+                    entry per search or resume, with its start, end and usage) and summed (``usage``); written
+                    atomically, and during the run too, so a kill loses little of the accounting
     trees.jsonl     one line per finished question: the whole tree, rewards, teacher usage
     errors.jsonl    one line per question that failed (teacher gave up, bad image), with the reason
     cache.sqlite    the teacher response cache (see trace_forge.teachers.cache)
@@ -18,13 +20,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from trace_forge.errors import DataError
 
-__all__ = ["RunStore", "read_records", "append_record"]
+__all__ = ["RunStore", "read_records", "append_record", "sum_usage"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +70,21 @@ def read_records(path: Path, *, repair: bool = False) -> Iterator[dict[str, Any]
             f.truncate(good_end)
             f.flush()
             os.fsync(f.fileno())
+
+
+def sum_usage(usages: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Teacher usage counters (``run.json`` ``usage``) summed over sessions or shards; a counter missing or
+    non-numeric in any of them (an unknown cost, latency percentiles) is left out rather than under-counted."""
+    keys = set.intersection(*(set(u) for u in usages)) if usages else set()
+    return {
+        k: sum(u[k] for u in usages)
+        for k in sorted(keys)
+        if all(isinstance(u[k], int | float) and not isinstance(u[k], bool) for u in usages)
+    }
+
+
+def _utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:
@@ -113,6 +131,36 @@ class RunStore:
         tmp = self.root / f".{RUN_JSON}.tmp"
         tmp.write_text(json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
         os.replace(tmp, self.root / RUN_JSON)
+
+    def start_session(self, info: dict[str, Any], *, resume: bool) -> None:
+        """Write ``run.json`` for a search session starting now, with a new entry in ``sessions``.
+
+        Resuming, ``info`` is laid over what the file holds: the first ``started`` and earlier sessions (with their
+        usage) are kept; a file from before sessions existed turns its ``usage`` into the first session.
+        """
+        previous = (self.read_run_json() or {}) if resume else {}
+        now = _utc_now()
+        sessions = previous.get("sessions") or []
+        if not sessions and previous.get("usage"):  # a run.json from before sessions existed
+            sessions = [{"started": previous.get("started"), "finished": None, "usage": previous["usage"]}]
+        sessions = [*sessions, {"started": now, "finished": None, "usage": {}}]
+        self.write_run_json({**previous, **info, "started": previous.get("started", now), "sessions": sessions})
+
+    def record_usage(self, usage: dict[str, Any], *, finished: bool = False) -> None:
+        """Store the current session's teacher usage in ``run.json`` and the sum over all sessions as ``usage``.
+
+        Called during the run (a kill then loses only what followed the last call) and once at its end with
+        ``finished``, which stamps the session's end time.
+        """
+        run = self.read_run_json()
+        if not run or not run.get("sessions"):
+            raise DataError("no search session to record usage in (start_session first)", path=self.root / RUN_JSON)
+        session = run["sessions"][-1]
+        session["usage"] = usage
+        if finished:
+            session["finished"] = _utc_now()
+        run["usage"] = sum_usage([s["usage"] for s in run["sessions"] if s.get("usage")])
+        self.write_run_json(run)
 
     def read_run_json(self) -> dict[str, Any] | None:
         path = self.root / RUN_JSON

@@ -14,7 +14,7 @@ from typing import Any
 
 from trace_forge.grounding import Step
 
-__all__ = ["Rollout", "Node", "Tree", "ucb", "select", "backup"]
+__all__ = ["Rollout", "Node", "Tree", "ucb", "select", "backup", "makes_chain", "correct_trajectories"]
 
 
 @dataclass
@@ -173,3 +173,20 @@ def backup(tree: Tree, node: Node, reward: float) -> None:
     for n in tree.path(node):
         n.visits += 1
         n.value += (reward - n.value) / n.visits
+
+
+def makes_chain(reward: float | None, answered: bool, steps: int) -> bool:
+    """Whether a trajectory becomes a training chain: judged correct (reward >= 1), really answered (not a rollout
+    judged on its last text) and grounded by at least one step. The one rule shared by linearization and every
+    count of "correct trajectories", so a count never promises chains the dataset will not hold."""
+    return reward is not None and reward >= 1 and answered and steps > 0
+
+
+def correct_trajectories(tree: Tree) -> int:
+    """Terminal nodes and rollouts of ``tree`` that :func:`makes_chain`."""
+    total = 0
+    for node in tree.nodes:
+        prefix = len(tree.steps_to(node))
+        total += node.terminal and makes_chain(node.reward, True, prefix)
+        total += sum(makes_chain(r.reward, r.answered, prefix + len(r.steps)) for r in node.rollouts)
+    return total

@@ -40,7 +40,8 @@ class AnthropicTeacher(Teacher):
         model: model name (``claude-sonnet-4-20250514``, ...).
         base_urls: at most one endpoint, *without* ``/v1`` (the SDK appends ``/v1/messages``); empty for
             api.anthropic.com.
-        api_key_env: variable holding the key; default ``ANTHROPIC_API_KEY``.
+        api_key_env: variable holding the key; default ``ANTHROPIC_API_KEY`` for api.anthropic.com and
+            ``"EMPTY"`` for a ``--base-url`` server (which never gets ``ANTHROPIC_API_KEY`` unless named here).
         encoder: shared image encoder.
         timeout_s: the SDK's own timeout, a backstop behind the runtime's per-request timeout.
     """

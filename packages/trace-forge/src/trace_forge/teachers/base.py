@@ -285,9 +285,11 @@ def resolve_api_key(api_key_env: str | None, default_env: str, *, local: bool) -
 
     Args:
         api_key_env: variable named by the user (``--api-key-env``); must be set.
-        default_env: the provider's usual variable (``OPENAI_API_KEY``, ...).
-        local: the endpoint is a user-given server (``--base-url``), which may need no key: a missing default
-            variable then yields ``"EMPTY"``, as vLLM expects.
+        default_env: the provider's usual variable (``OPENAI_API_KEY``, ...), read only for the provider's own
+            endpoint.
+        local: the endpoint is a user-given server (``--base-url``). It gets ``"EMPTY"`` (what vLLM expects
+            without ``--api-key``) unless ``api_key_env`` names a key for it: the provider's key must not leak to
+            whatever server a URL points at.
 
     Raises:
         ConfigError: naming the variable that is missing (never a value).
@@ -297,9 +299,9 @@ def resolve_api_key(api_key_env: str | None, default_env: str, *, local: bool) -
         if not key:
             raise ConfigError(f"environment variable {api_key_env} (from --api-key-env) is not set")
         return key
+    if local:
+        return LOCAL_API_KEY
     key = os.environ.get(default_env)
     if key:
         return key
-    if local:
-        return LOCAL_API_KEY
     raise ConfigError(f"set {default_env}, or name another variable with --api-key-env")

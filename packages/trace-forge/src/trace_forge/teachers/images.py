@@ -5,29 +5,45 @@ re-encoded (or differently resized) copy of the root image would miss them on ev
 search makes per question. The encoder resizes to the model's pixel budget (:meth:`Resize.model_size`) *before*
 sending, so the server's own processor leaves the image alone and the teacher's coordinates are in the ``model``
 frame of :attr:`EncodedImage.geometry`, which converts them back to original pixels.
+
+An image that needs no resize and comes from a JPEG or PNG file is sent as that file's own bytes: a large photo
+re-encoded as PNG is several times the size of its JPEG and takes seconds to encode. Encoding is CPU work, so async
+code calls :meth:`ImageEncoder.aencode`, which runs it in a worker thread instead of stalling every request in
+flight. The memo is bounded (least recently used images are dropped), so a long run's memory stays flat.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import io
 import logging
+import threading
 import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
 from trace_forge.errors import DataError
 from trace_forge.grounding.frames import ImageGeometry, Resize
 
+if TYPE_CHECKING:
+    from trace_forge.tasks import Sample
+
 __all__ = ["ImageRef", "EncodedImage", "ImageEncoder"]
 
 logger = logging.getLogger(__name__)
 
 _MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
+_AS_IS_FORMATS = ("JPEG", "PNG")  # what every chat API and vLLM decode
+_AS_IS_MODES = ("RGB", "L")  # decode to the same RGB pixels everywhere (alpha, palettes and CMYK may not)
+_EXIF_ORIENTATION = 0x0112
+_JPEG_QUALITY = 95  # Pillow's default (75) visibly blurs the small details a grounded step points at
 
 
 @dataclass(frozen=True, eq=False)
@@ -35,10 +51,31 @@ class ImageRef:
     """An image in a chat: a decoded PIL image or a path to an image file.
 
     Identity-hashed on purpose: the encoder remembers each ``ImageRef`` object it has seen, so reusing one object
-    for a question's image skips even the pixel hash. Two refs to equal pixels still share one encoding.
+    for a question's image skips even the pixel hash. Two refs to equal pixels (or to one file sent as it is) still
+    share one encoding.
+
+    Attributes:
+        source: the image, or the path of its file.
+        file: the image file a PIL ``source`` was decoded from, pixel for pixel; when the image needs no resize
+            the encoder sends this file's bytes as they are (a path ``source`` is its own file).
     """
 
     source: Image.Image | Path | str
+    file: Path | str | None = None
+
+    @classmethod
+    def of_sample(cls, sample: Sample) -> ImageRef:
+        """A task sample's canvas, tied to its file when the canvas is one image file decoded as it is."""
+        canvas = sample.canvas()
+        only = sample.images[0] if len(sample.images) == 1 else None
+        return cls(canvas, file=only if isinstance(only, str | Path) else None)
+
+    @property
+    def origin(self) -> Path | None:
+        """The file whose bytes may stand for this image, if any."""
+        if self.file is not None:
+            return Path(self.file)
+        return None if isinstance(self.source, Image.Image) else Path(self.source)
 
     def open(self) -> Image.Image:
         """The image, decoded (a path is read and fully loaded so the file is closed again)."""
@@ -90,10 +127,15 @@ class EncodedImage:
 class ImageEncoder:
     """Resize-and-encode with a memo, shared by a teacher backend and the cache keys of its client.
 
+    Thread-safe, so that :meth:`aencode` can encode in a worker thread while the event loop reads the memo.
+
     Args:
         resize: the teacher model's pixel budget; None sends images at their original size (API models that
             resize internally, where the ``model`` frame is then the original ``pixel`` frame).
-        format: ``"PNG"`` (lossless, the default), ``"JPEG"`` or ``"WEBP"``.
+        format: what resized or file-less images are encoded as: ``"PNG"`` (lossless, the default, right for
+            screenshots), ``"JPEG"`` (quality 95; far smaller for very large photos) or ``"WEBP"``.
+        max_images: distinct encoded images kept besides those of live :class:`ImageRef` objects (least
+            recently used dropped first); it bounds the memory of a long run.
 
     Example:
         >>> from PIL import Image
@@ -106,32 +148,59 @@ class ImageEncoder:
         (True, 1)
     """
 
-    def __init__(self, resize: Resize | None = None, format: str = "PNG") -> None:
+    def __init__(self, resize: Resize | None = None, format: str = "PNG", *, max_images: int = 64) -> None:
         fmt = format.upper()
         if fmt not in _MIME:
             raise ValueError(f"unsupported image format {format!r}; use one of {sorted(_MIME)}")
+        if max_images < 1:
+            raise ValueError(f"max_images must be >= 1, got {max_images}")
         self.resize = resize
         self.format = fmt
-        self.encodes = 0  # images actually encoded (memo misses), for tests and provenance
+        self.max_images = max_images
+        self.encodes = 0  # images prepared for sending (memo misses), for tests and provenance
+        self._lock = threading.Lock()
+        # A live ref keeps its encoding (a question in flight never pays twice); the LRU serves equal images
+        # behind other refs and forgets old ones.
         self._by_ref: weakref.WeakKeyDictionary[ImageRef, EncodedImage] = weakref.WeakKeyDictionary()
-        self._by_pixels: dict[str, EncodedImage] = {}
+        self._recent: OrderedDict[str, EncodedImage] = OrderedDict()
 
     def encode(self, ref: ImageRef) -> EncodedImage:
-        """The encoded image for ``ref``; encodes only the first time these pixels are seen.
+        """The encoded image for ``ref``; encodes only when these pixels are not in the memo.
 
-        Runs synchronously: a large PNG takes tens of milliseconds, paid once per distinct image.
+        Runs in the calling thread: a large image can take seconds, so async code uses :meth:`aencode`.
         """
-        hit = self._by_ref.get(ref)
+        with self._lock:
+            hit = self._by_ref.get(ref)
         if hit is not None:
             return hit
-        image = ref.open()
-        key = _pixel_hash(image)
-        encoded = self._by_pixels.get(key)
+        as_is = self._original_file(ref)
+        image: Image.Image | None = None
+        if as_is is not None:
+            key = "file:" + as_is.sha256
+        else:
+            image = ref.open()
+            key = _pixel_hash(image)
+        with self._lock:
+            encoded = self._recent.get(key)
         if encoded is None:
-            encoded = self._encode(image)
-            self._by_pixels[key] = encoded
-        self._by_ref[ref] = encoded
+            encoded = as_is if image is None else self._encode(image)
+        with self._lock:
+            if key in self._recent:  # a hit, or another thread finished the same image first: share its object
+                encoded = self._recent[key]
+                self._recent.move_to_end(key)
+            else:
+                self.encodes += 1
+                self._recent[key] = encoded
+                if len(self._recent) > self.max_images:
+                    self._recent.popitem(last=False)
+            self._by_ref[ref] = encoded
         return encoded
+
+    async def aencode(self, ref: ImageRef) -> EncodedImage:
+        """:meth:`encode` without blocking the event loop: a memo hit returns at once, a miss runs in a thread."""
+        with self._lock:
+            hit = self._by_ref.get(ref)
+        return hit if hit is not None else await asyncio.to_thread(self.encode, ref)
 
     def geometry(self, ref: ImageRef) -> ImageGeometry:
         """The frames of ``ref`` as this encoder sends it."""
@@ -145,6 +214,31 @@ class ImageEncoder:
                       "factor": self.resize.factor}
         return {"coordinate_frame": "model", "resize": resize, "format": self.format}
 
+    def _original_file(self, ref: ImageRef) -> EncodedImage | None:
+        """``ref``'s file as it is, when its bytes can be sent unchanged, else None.
+
+        That is a JPEG or PNG whose pixels every decoder turns into the same RGB image (no alpha, palette or
+        EXIF rotation) at a size the resize leaves alone, and, for a PIL ``source``, of the same size.
+        """
+        path = ref.origin
+        if path is None:
+            return None
+        try:
+            data = path.read_bytes()
+            with Image.open(io.BytesIO(data)) as im:  # reads the header only
+                fmt, mode, size = im.format, im.mode, im.size
+                rotated = _EXIF_ORIENTATION in im.getexif()
+        except (OSError, ValueError, SyntaxError) as e:  # PIL raises SyntaxError on some broken headers
+            raise DataError(f"cannot read image: {e}", path=path) from e
+        if fmt not in _AS_IS_FORMATS or mode not in _AS_IS_MODES or rotated:
+            return None
+        if isinstance(ref.source, Image.Image) and ref.source.size != size:
+            return None
+        if self.resize is not None and self.resize.model_size(*size) != size:
+            return None
+        return EncodedImage(data=data, mime=_MIME[fmt], sha256=hashlib.sha256(data).hexdigest(),
+                            sent_size=size, original_size=size)
+
     def _encode(self, image: Image.Image) -> EncodedImage:
         original = image.size
         sent = self.resize.model_size(*original) if self.resize is not None else original
@@ -154,9 +248,8 @@ class ImageEncoder:
             # Bicubic, as the Qwen2-VL image processor resamples, so the pixels match what it would have made.
             image = image.resize(sent, Image.Resampling.BICUBIC)
         buf = io.BytesIO()
-        image.save(buf, format=self.format)
+        image.save(buf, format=self.format, **({"quality": _JPEG_QUALITY} if self.format == "JPEG" else {}))
         data = buf.getvalue()
-        self.encodes += 1
         logger.debug("encoded image %sx%s -> %sx%s (%d bytes)", *original, *sent, len(data))
         return EncodedImage(data=data, mime=_MIME[self.format], sha256=hashlib.sha256(data).hexdigest(),
                             sent_size=sent, original_size=original)

@@ -40,8 +40,8 @@ class OpenAITeacher(Teacher):
     Args:
         model: model name (``gpt-4o``, or the ``--served-model-name`` of a vLLM server).
         base_urls: endpoints including ``/v1`` (``http://host:8000/v1``); empty for api.openai.com.
-        api_key_env: variable holding the key; default ``OPENAI_API_KEY``, or ``"EMPTY"`` for a ``--base-url``
-            server when that is unset.
+        api_key_env: variable holding the key; default ``OPENAI_API_KEY`` for api.openai.com and ``"EMPTY"``
+            for a ``--base-url`` server (which never gets ``OPENAI_API_KEY`` unless named here).
         encoder: shared image encoder.
         timeout_s: the SDK's own timeout, a backstop only: the runtime's shorter per-request timeout cancels
             first.

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
+import json
 import logging
 import random
 import time
@@ -31,13 +33,22 @@ from trace_forge.teachers.errors import TeacherError, TeacherFormatError, Teache
 from trace_forge.teachers.images import ImageEncoder, ImageRef
 from trace_forge.teachers.usage import DEFAULT_PRICES, Price, Usage
 
-__all__ = ["RuntimeConfig", "TeacherClient", "build_client"]
+__all__ = ["RuntimeConfig", "TeacherClient", "build_client", "teacher_settings"]
 
 logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
 _JITTER = 0.25  # a backoff delay is shortened by up to 25% at random, so clients that failed together spread out
+
+# describe() fields that do not change a teacher's replies: where it is served, and how many questions a simulator
+# was handed (run.json files of earlier versions record it; a resumed run may search more of them).
+VOLATILE_TEACHER_FIELDS = frozenset({"base_urls", "samples"})
+
+
+def teacher_settings(description: dict[str, Any]) -> dict[str, Any]:
+    """A teacher's ``describe()`` without :data:`VOLATILE_TEACHER_FIELDS`: what its replies depend on."""
+    return {k: v for k, v in description.items() if k not in VOLATILE_TEACHER_FIELDS}
 
 
 @dataclass(frozen=True)
@@ -154,6 +165,10 @@ class TeacherClient:
         self._slots = asyncio.Semaphore(self.config.concurrency)
         rps = self.config.requests_per_second
         self._rate = _RateLimiter(rps, clock, sleep) if rps is not None else None
+        # Settings beyond backend and model (a simulator's skill, a local engine's arguments) change the replies, so
+        # they salt the cache key; backends with none keep the plain key, and the caches already paid for.
+        extra = {k: v for k, v in teacher_settings(teacher.describe()).items() if k not in ("backend", "model")}
+        self._key_salt = json.dumps(extra, sort_keys=True, default=str) if extra else ""
         # Most samples one call has returned when asked for more: None until a server is seen to cap `n`.
         self._n_cap: int | None = None if teacher.supports_n else 1
 
@@ -166,11 +181,15 @@ class TeacherClient:
         params = params if params is not None else SamplingParams()
         if not chat:
             raise ValueError("a chat needs at least one message")
+        for image in dict.fromkeys(image for message in chat for image in message.images):
+            await self.teacher.encoder.aencode(image)  # off the event loop; the key and the backend then hit the memo
         key = None
         got: dict[int, Completion] = {}
         if self.cache is not None:
             key = request_key(self.teacher.name, self.teacher.model, chat, params,
                               lambda ref: self.teacher.encoder.encode(ref).sha256)
+            if self._key_salt:
+                key = hashlib.sha256(f"{key}/{self._key_salt}".encode()).hexdigest()
             got = self.cache.get_many(key, range(params.n))
             self.usage.cache_hits += len(got)
         missing = [i for i in range(params.n) if i not in got]

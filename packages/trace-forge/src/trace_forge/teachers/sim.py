@@ -164,7 +164,7 @@ class SimTeacher(Teacher):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "simulated": True, "skill": self.skill, "answer_accuracy": self.answer_accuracy,
-                "hit_bonus": self.hit_bonus, "spread": self.spread, "seed": self.seed, "samples": len(self.samples)}
+                "hit_bonus": self.hit_bonus, "spread": self.spread, "seed": self.seed}
 
     def __repr__(self) -> str:
         return f"SimTeacher(skill={self.skill}, answer_accuracy={self.answer_accuracy}, samples={len(self.samples)})"
@@ -181,19 +181,23 @@ class SimTeacher(Teacher):
             return candidates[0]
         sha = self.encoder.encode(request.image).sha256
         if candidates:  # one question text over several images (a GUI instruction, a BLINK prompt)
-            matches = [s for s in candidates if self._image_sha(s) == sha]
+            matches = [s for s in candidates if sha in self._image_shas(s)]
         else:  # not our prompt wording: the image alone must tell
             if self._by_image is None:
                 self._by_image = {}
                 for s in self.samples:
-                    self._by_image.setdefault(self._image_sha(s), []).append(s)
+                    for image_sha in self._image_shas(s):
+                        self._by_image.setdefault(image_sha, []).append(s)
             matches = self._by_image.get(sha, [])
         if not matches:
             raise TeacherRejected(f"sim: the request matches none of its {len(self.samples)} samples")
         return matches[0]
 
-    def _image_sha(self, sample: Sample) -> str:
-        return self.encoder.encode(ImageRef(sample.canvas())).sha256
+    def _image_shas(self, sample: Sample) -> set[str]:
+        """The sample's image as a request may carry it: as the search sends it (its file's own bytes when no
+        resize is needed) or as its canvas re-encoded."""
+        ref = ImageRef.of_sample(sample)
+        return {self.encoder.encode(ref).sha256, self.encoder.encode(ImageRef(ref.source)).sha256}
 
     # --- what to write ---------------------------------------------------------------------------------------
 

@@ -56,6 +56,8 @@ class VLLMTeacher(Teacher):
             ``max_model_len``, ``dtype``, ...).
         max_batch: most conversations per ``LLM.chat`` call.
         batch_wait_s: how long a request waits for others to share its batch.
+        chat_template: Jinja chat template to render chats with instead of the checkpoint's own (``LLM.chat``'s
+            ``chat_template``).
 
     Attributes:
         resize: how the model's processor resizes images, i.e. the frame its coordinates are in.
@@ -75,8 +77,10 @@ class VLLMTeacher(Teacher):
         engine_args: Mapping[str, Any] | None = None,
         max_batch: int = 256,
         batch_wait_s: float = 0.01,
+        chat_template: str | None = None,
     ) -> None:
         super().__init__(model, encoder=encoder)
+        self.chat_template = chat_template
         # Only the processor's config is read here, to learn its resize; vLLM loads its own copy.
         processor = AutoProcessor.from_pretrained(model, trust_remote_code=trust_remote_code)
         self.resize = processor_resize(processor)
@@ -109,6 +113,7 @@ class VLLMTeacher(Teacher):
                 [self._messages(requests[i][0]) for i in indices],
                 [_sampling_params(requests[i][1]) for i in indices],
                 use_tqdm=False,
+                chat_template=self.chat_template,
                 add_generation_prompt=not prefill,
                 continue_final_message=prefill,
             )
