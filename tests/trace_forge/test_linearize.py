@@ -7,7 +7,6 @@ import pytest
 from tests.trace_forge.fixtures_trees import add_rollout, example_tree, rollout, step
 from trace_forge.grounding import DEFAULT_CONNECTOR, parse_response
 from trace_forge.linearize import (
-    CLOSING_THOUGHT,
     Chain,
     ChainSource,
     LinearizeConfig,
@@ -185,7 +184,7 @@ def test_dialog_keeps_the_connector_in_a_thought_and_closes_when_nothing_is_left
     assert [t.zoom for t in turns if t.role == "tool"] == [(10, 10), (50, 50), (90, 90)]
     assert turns[4].text.startswith(f"<think> {DEFAULT_CONNECTOR} Look at (90, 90). </think>\n<tool_call>")
     assert turns[1].text.endswith("a red dot marks that point.")
-    assert turns[-1].text == f"<think> {CLOSING_THOUGHT} </think>\n<answer> white </answer>"
+    assert turns[-1].text == f"<think> {prompts_for('option').closing_thought()} </think>\n<answer> white </answer>"
     # A connector after the last step (the correct rollout answered at once) lands in the answer turn.
     turns = to_dialog(_chain([(10, 10)], connector_index=1), prompts, dot=True, max_zooms=4)
     assert turns[-1].text == f"<think> {DEFAULT_CONNECTOR} </think>\n<answer> white </answer>"

@@ -36,7 +36,6 @@ from trace_forge.search.tree import Node, Tree, makes_chain
 from trace_forge.tasks.prompts import PromptSet
 
 __all__ = [
-    "CLOSING_THOUGHT",
     "REPEAT_RADIUS_PX",
     "Chain",
     "ChainKind",
@@ -53,7 +52,6 @@ _KINDS: tuple[ChainKind, ...] = ("direct", "backtracking")
 REPEAT_RADIUS_PX = 10.0
 """A step whose point lies within this many pixels of an earlier zoom point is not zoomed again."""
 
-CLOSING_THOUGHT = "I have seen enough to answer."
 """The final turn's thought when every step was already spent on a zoom turn."""
 
 
@@ -260,7 +258,7 @@ def to_dialog(chain: Chain, prompts: PromptSet, *, dot: bool, max_zooms: int) ->
     and fewer than ``max_zooms`` zooms were made. The text of steps that are not zoomed (repeats, or past the
     limit) is carried into the next turn's thought, so no reasoning is lost; a backtracking connector stays
     inside the thought it falls in. The final turn answers with the thought left over, or
-    :data:`CLOSING_THOUGHT`.
+    the prompts' :meth:`~trace_forge.tasks.prompts.PromptSet.closing_thought`.
 
     Args:
         chain: the chain to spread.
@@ -287,5 +285,5 @@ def to_dialog(chain: Chain, prompts: PromptSet, *, dot: bool, max_zooms: int) ->
             thought = []
     if chain.connector_index == len(chain.steps):  # a correct rollout that answered without a new step
         thought.append(chain.connector)
-    turns.append(Turn("assistant", render_answer_turn(" ".join(thought) or CLOSING_THOUGHT, chain.answer)))
+    turns.append(Turn("assistant", render_answer_turn(" ".join(thought) or prompts.closing_thought(), chain.answer)))
     return turns
