@@ -13,7 +13,8 @@ from grounded_rl.cli import app
 from grounded_rl.demo import DemoConfig, run_demo
 from tests.trace_forge.fake_servers import FakeOpenAIServer, Request
 from trace_forge.errors import ConfigError
-from trace_forge.grounding import Frame
+from trace_forge.grounding import Frame, ImageGeometry, Point
+from trace_forge.tasks.prompts import NORM1000_HINT
 
 TARGET = (150, 90)
 
@@ -49,6 +50,24 @@ def test_multi_turn_demo_draws_steps_and_crops(picture: Path, tmp_path: Path) ->
     drawn, single = Image.open(out), Image.open(flat)
     assert drawn.width > 320 and drawn.height > single.height  # the crop strip sits below the image and panel
     assert drawn.getpixel((TARGET[0], TARGET[1])) != (255, 0, 0)  # a numbered marker covers the dot
+
+
+def test_demo_reads_a_served_model_on_the_norm1000_grid(picture: Path, tmp_path: Path) -> None:
+    """--frame norm1000: the model is asked for 0-1000 coordinates, and its zoom and answer land on the dot."""
+    x, y = Point(*TARGET).to(Frame.NORM1000, ImageGeometry(320, 240, 320, 240)).rounded()
+
+    def grid(request: Request, k: int) -> str:
+        return scripted(request, k).replace(f"{TARGET[0]}, {TARGET[1]}", f"{x}, {y}")
+
+    with FakeOpenAIServer(reply_text=grid) as server:
+        dialog, _ = run_demo(DemoConfig(model="scripted", image=str(picture), query="Where is the red dot?",
+                                        task_kind="point", backend="openai", base_urls=[server.base_url],
+                                        frame="norm1000", multi_turn=True, out=str(tmp_path / "grid.png")))
+        system = server.requests[0].texts[0]
+    assert NORM1000_HINT in system
+    assert dialog.answer == f"({x}, {y})"
+    for point in (dialog.zooms[0], dialog.pixel_steps()[0].point):
+        assert abs(point.x - TARGET[0]) <= 1 and abs(point.y - TARGET[1]) <= 1
 
 
 def test_demo_with_the_tiny_model(tiny_qwen2_5_vl_dir: Path, picture: Path, tmp_path: Path) -> None:

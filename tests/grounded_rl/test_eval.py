@@ -12,6 +12,7 @@ import io
 import json
 import math
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from trace_forge.errors import ConfigError
 from trace_forge.grounding import Frame, ImageGeometry, Point, Resize, parse_response
 from trace_forge.search.store import read_records
 from trace_forge.tasks import AnswerKind, Sample, get_task, scoring
-from trace_forge.tasks.prompts import prompts_for
+from trace_forge.tasks.prompts import NORM1000_HINT, prompts_for
 
 SAMPLES = Path(__file__).resolve().parents[2] / "data" / "samples"
 DATA = {
@@ -41,7 +42,7 @@ DATA = {
     "sat2": (SAMPLES / "sat2", "val"),
     "blink": (SAMPLES / "blink", "val"),
 }
-FORCE_TEXT = prompts_for("option").teacher_force_answer()
+FORCE_TEXT = prompts_for("option").student_force_answer()
 
 
 def load(task: str, limit: int | None = None) -> list[Sample]:
@@ -77,11 +78,11 @@ class Script:
         return self.index[(pixels(image), request.texts[1])]  # texts: system, question, then later turns
 
     @staticmethod
-    def answer(sample: Sample, geometry: ImageGeometry, right: bool) -> str:
-        """A well-formed single-turn response, right or wrong, in the frame of the image as sent."""
+    def answer(sample: Sample, geometry: ImageGeometry, right: bool, frame: Frame = Frame.MODEL) -> str:
+        """A well-formed single-turn response, right or wrong, in ``frame`` of the image as sent."""
         if sample.answer_kind is AnswerKind.POINT:
             target = sample.target_boxes[0].center if right else outside(sample)
-            x, y = target.to(Frame.MODEL, geometry).x, target.to(Frame.MODEL, geometry).y
+            x, y = target.to(frame, geometry).x, target.to(frame, geometry).y
             # Exact (fractional) sent-frame coordinates: the official reader accepts them, so rounding in a
             # downscaled frame cannot push a point out of a small box.
             return f"<think>\nThe target is at ({round(x)}, {round(y)}).\n</think>\n<answer> ({x:.3f}, {y:.3f}) </answer>"
@@ -110,10 +111,10 @@ def right_rule(index: int, k: int) -> bool:
     return (index + k) % 3 == 0
 
 
-def serve(script: Script, rule: Callable[[int, int], bool] = right_rule) -> FakeOpenAIServer:
+def serve(script: Script, rule: Callable[[int, int], bool] = right_rule, frame: Frame = Frame.MODEL) -> FakeOpenAIServer:
     def reply(request: Request, k: int) -> str:
         i, sample, geometry = script.lookup(request)
-        return script.answer(sample, geometry, rule(i, k))
+        return script.answer(sample, geometry, rule(i, k), frame)
 
     return FakeOpenAIServer(reply_text=reply)
 
@@ -224,23 +225,83 @@ def test_api_points_converted_from_the_sent_frame(tmp_path: Path) -> None:
     assert (g.model_width, g.model_height) != (g.width, g.height)
 
 
+def test_api_model_writing_norm1000_is_told_so_and_read_so(tmp_path: Path) -> None:
+    """--frame norm1000 (e.g. a Qwen3-VL behind vLLM): the prompt asks for the 0-1000 grid and answers are read on
+    it, whatever size the image was sent at."""
+    samples = load("screenspot-pro")
+    script = Script(samples, max_pixels=200_000)
+    with serve(script, rule=lambda i, k: True, frame=Frame.NORM1000) as server:
+        summary = run(config("screenspot-pro", max_pixels=200_000, frame="norm1000"), server, tmp_path)
+        systems = {r.texts[0] for r in server.requests}
+    assert all(NORM1000_HINT in text for text in systems)
+    assert summary["metrics"]["avg@1"]["overall"] == 1.0
+    coordinates = summary["protocol"]["coordinates"]
+    assert (coordinates["frame"], coordinates["coordinate_hint"]) == ("norm1000", NORM1000_HINT)
+    rescore("screenspot-pro", samples, tmp_path)
+    # The same answers read as pixels of the sent image would miss (the grid is not the sent size).
+    with serve(script, rule=lambda i, k: True, frame=Frame.NORM1000) as server:
+        as_pixels = run(config("screenspot-pro", max_pixels=200_000), server, tmp_path / "model")
+    assert as_pixels["metrics"]["avg@1"]["overall"] < 1.0
+
+
+def zoom_calls(*points: tuple[int, int]) -> str:
+    """One assistant turn calling zoom on each point, in order."""
+    calls = "".join(f'\n<tool_call>\n{{"name": "zoom", "arguments": {{"point": [{x}, {y}]}}}}\n</tool_call>'
+                    for x, y in points)
+    return f"<think> Zoom on {len(points)} points. </think>{calls}"
+
+
+@pytest.mark.parametrize("max_images", [5, 2])
+def test_every_zoom_call_of_a_turn_is_served_in_order(tmp_path: Path, max_images: int) -> None:
+    """Two calls in one turn get two tool replies (two crops), as in GRPO; past the image budget one is refused
+    with the environment's text and the next turn must answer."""
+    samples = load("vstar", limit=1)
+    script = Script(samples)
+    [sample] = samples
+    canvas = sample.canvas()
+
+    def reply(request: Request, k: int) -> str:
+        _, sample_, geometry = script.lookup(request)
+        if len(request.texts) == 2:  # first turn: zoom twice
+            return zoom_calls((10, 12), (canvas.width - 20, canvas.height - 30))
+        return script.answer(sample_, geometry, right=True).replace("\n", " ")
+
+    with FakeOpenAIServer(reply_text=reply) as server:
+        summary = run(config("vstar", multi_turn=True, limit=1, max_images=max_images), server, tmp_path)
+        second = server.requests[1]
+    [record] = rescore("vstar", samples, tmp_path)
+    assert server.request_count == 2 and len(record["turns"]) == 2 and record["score"] == 1.0
+    sent = "".join(second.texts)
+    assert sent.count("<tool_response>") == 2  # one tool message per call
+    observation = "Here is the zoomed crop of the image centred on"
+    if max_images == 5:
+        assert len(second.images) == 3 and sent.count(observation) == 2
+        assert record["zooms"] == [[10, 12], [canvas.width - 20, canvas.height - 30]]  # in order
+        assert not record["forced"]
+    else:
+        assert len(second.images) == 2 and record["zooms"] == [[10, 12]]
+        assert sent.count(observation) == 1 and sent.index(observation) < sent.index("<tool_response>\nno more zooms")
+        assert record["forced"] and summary["counts"]["refused_zooms"] == 1
+
+
 def zoom_reply(point: tuple[int, int]) -> str:
     return f'<think> Zoom on ({point[0]}, {point[1]}). </think>\n<tool_call>\n{{"name": "zoom", "arguments": {{"point": [{point[0]}, {point[1]}]}}}}\n</tool_call>'
 
 
-def test_multi_turn_scripted_zoom_then_answer(tmp_path: Path) -> None:
+@pytest.mark.parametrize("frame", [Frame.MODEL, Frame.NORM1000])
+def test_multi_turn_scripted_zoom_then_answer(tmp_path: Path, frame: Frame) -> None:
     samples = load("vstar", limit=2)
     script = Script(samples)
 
     def reply(request: Request, k: int) -> str:
         i, sample, geometry = script.lookup(request)
-        if len(request.images) == 1:  # first turn: zoom on the target
-            return zoom_reply(sample.target_boxes[0].center.to(Frame.MODEL, geometry).rounded())
+        if len(request.images) == 1:  # first turn: zoom on the target, in the frame the model is said to write
+            return zoom_reply(sample.target_boxes[0].center.to(frame, geometry).rounded())
         answer = script.answer(sample, geometry, right=i % 2 == 0)
         return answer.replace("<think>\n", "<think> ").replace("\n</think>", " </think>")
 
     with FakeOpenAIServer(reply_text=reply) as server:
-        summary = run(config("vstar", multi_turn=True, limit=2), server, tmp_path)
+        summary = run(config("vstar", multi_turn=True, limit=2, frame=frame.value), server, tmp_path)
         second = [r for r in server.requests if len(r.images) == 2]
     assert server.request_count == 2 * len(samples)
     assert len(second) == len(samples)
@@ -335,6 +396,10 @@ def test_config_is_checked() -> None:
         config("vstar", top_p=0.0)
     with pytest.raises(ConfigError, match="max_pixels"):
         config("vstar", backend="hf", max_pixels=1000)
+    with pytest.raises(ConfigError, match="frame='pixel'"):
+        config("vstar", frame="pixel")
+    with pytest.raises(ConfigError, match="frame is for API backends"):
+        config("vstar", backend="hf", frame="norm1000")
 
 
 # --- the tiny model, every benchmark ---------------------------------------------------------------------------
@@ -361,11 +426,17 @@ def test_tiny_model_every_benchmark(task_name: str, tiny_model_dir, tmp_path: Pa
     assert json.loads((tmp_path / PROTOCOL_FILE).read_text())["model"] == str(model)
 
 
-def test_tiny_model_resume_reproduces_the_full_run(tiny_qwen2_5_vl_dir, tmp_path: Path) -> None:
-    """One request at a time, so the local backend batches alike in both runs: a resumed run equals a full one."""
-    cfg = config("sat2", limit=2, samples=2, max_tokens=16, backend="hf", concurrency=1)
+@pytest.mark.parametrize(("task_name", "multi_turn"), [("sat2", False), ("vstar", True)])
+def test_tiny_model_samples_do_not_depend_on_concurrency_or_resume(
+    task_name: str, multi_turn: bool, tiny_qwen2_5_vl_dir, tmp_path: Path
+) -> None:
+    """A sample's texts depend on its seed alone: one question at a time, four at once (the local backend batches
+    what arrives together), and a killed then resumed run all draw the same samples."""
+    cfg = config(task_name, limit=3, samples=2, max_tokens=16, backend="hf", multi_turn=multi_turn, concurrency=1)
     cfg.model = str(tiny_qwen2_5_vl_dir)
-    full = evaluate(cfg, tmp_path / "full")
+    one = evaluate(cfg, tmp_path / "one")
+    cfg.concurrency = 4
+    evaluate(cfg, tmp_path / "four")
 
     def stop_after_3(record: dict, done: int, total: int) -> None:
         if done == 3:
@@ -377,24 +448,69 @@ def test_tiny_model_resume_reproduces_the_full_run(tiny_qwen2_5_vl_dir, tmp_path
     data = (out / SAMPLES_FILE).read_bytes()
     (out / SAMPLES_FILE).write_bytes(data[:-10])  # the third record torn
     resumed = evaluate(cfg, out)
-    assert resumed["metrics"] == full["metrics"] and resumed["counts"] == full["counts"]
+    assert resumed["metrics"] == one["metrics"] and resumed["counts"] == one["counts"]
 
     def texts(path: Path) -> list:
-        return sorted((r["question_id"], r["k"], r["turns"][0]["text"]) for r in read_records(path / SAMPLES_FILE))
+        return sorted((r["question_id"], r["k"], [t["text"] for t in r["turns"]])
+                      for r in read_records(path / SAMPLES_FILE))
 
-    assert texts(out) == texts(tmp_path / "full")
+    assert texts(tmp_path / "four") == texts(tmp_path / "one")
+    assert texts(out) == texts(tmp_path / "one")
 
 
-def test_cli_eval_writes_outputs_and_prints_the_table(tmp_path: Path) -> None:
+# A stock-style template that renders a tool result as a "tool" turn, unlike ours (a <tool_response> user turn).
+FOREIGN_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.content is string %}{{ m.content }}{% else %}"
+    "{% for p in m.content %}{% if p.type == 'image' %}<|vision_start|><|image_pad|><|vision_end|>{% else %}"
+    "{{ p.text }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_local_checkpoint_is_prompted_with_our_chat_template(
+    tiny_qwen2_5_vl_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint shipping another chat template is evaluated with ours, and the protocol names it."""
+    from grounded_rl.eval import make_client
+    from grounded_rl.templates import chat_template
+    from trace_forge.teachers import ImageRef, Message
+    from trace_forge.teachers.hf import HFTeacher
+
+    checkpoint = tmp_path / "foreign"
+    shutil.copytree(tiny_qwen2_5_vl_dir, checkpoint)
+    (checkpoint / "chat_template.jinja").write_text(FOREIGN_TEMPLATE, encoding="utf-8")
+    cfg = config("sat2", limit=1, max_tokens=4, backend="hf")
+    cfg.model = str(checkpoint)
+
+    rendered: list[str] = []
+    render = HFTeacher.render
+    monkeypatch.setattr(HFTeacher, "render", lambda self, chat: rendered.append(render(self, chat)) or rendered[-1])
+    summary = evaluate(cfg, tmp_path / "out")
+    ours = hashlib.sha256(chat_template("qwen2_5_vl").encode()).hexdigest()
+    assert summary["protocol"]["chat_template_sha256"] == ours
+    assert rendered and all(p.startswith("<|im_start|>system\n") and p.endswith("<|im_start|>assistant\n")
+                            for p in rendered)
+
+    crop = Image.new("RGB", (32, 32))
+    dialog = [Message("user", ("Where?",)), Message("assistant", ("<think> Zoom. </think>",)),
+              Message("tool", (ImageRef(crop), "Here is the crop."))]
+    prompt = make_client(cfg).teacher.render(dialog)
+    assert "<|im_start|>user\n<tool_response>\n<|vision_start|><|image_pad|><|vision_end|>Here is the crop." in prompt
+    assert "<|im_start|>tool" not in prompt
+
+
+@pytest.mark.parametrize("frame", [Frame.MODEL, Frame.NORM1000])
+def test_cli_eval_writes_outputs_and_prints_the_table(tmp_path: Path, frame: Frame) -> None:
     from typer.testing import CliRunner
 
     from grounded_rl.cli import app
 
     samples = load("screenspot-v2", limit=3)
-    with serve(Script(samples), rule=lambda i, k: i == 0) as server:
+    with serve(Script(samples), rule=lambda i, k: i == 0, frame=frame) as server:
         result = CliRunner().invoke(app, [
             "eval", "--model", "scripted", "--task", "screenspot-v2", "--data-dir", str(DATA["screenspot-v2"][0]),
-            "--limit", "3", "--backend", "openai", "--base-url", server.base_url, "--out", str(tmp_path),
+            "--limit", "3", "--backend", "openai", "--base-url", server.base_url, "--frame", frame.value,
+            "--out", str(tmp_path),
         ])
     assert result.exit_code == 0, result.output
     assert "overall" in result.output and "summary.json" in result.output

@@ -89,6 +89,19 @@ def test_concurrent_requests_share_one_batched_generate(teacher: HFTeacher, call
     assert [len(r) for r in mixed] == [1, 3] and calls[2:] == [1, 1]
 
 
+def test_seeded_samples_depend_only_on_their_own_request(teacher: HFTeacher, calls: list[int]) -> None:
+    """Whoever shares the batcher's window, a seeded sampling request draws the same texts as when alone."""
+    params = SamplingParams(n=2, max_tokens=10, seed=7)
+    alone = [r.text for r in generate(teacher, (chat(), params))[0]]
+    other = chat("Which colour is the square?", (300, 200))
+    unseeded = SamplingParams(n=2, max_tokens=10)
+    crowd = generate(teacher, (other, SamplingParams(n=2, max_tokens=10, seed=8)), (chat(), params),
+                     (other, unseeded), (chat(), unseeded))
+    assert [r.text for r in crowd[1]] == alone
+    # Seeded sampling runs alone (its own random stream); only the two unseeded requests may share a call.
+    assert calls[0] == 1 and sum(calls[1:]) == 4 and max(calls[1:]) <= 2
+
+
 def test_seed_makes_sampling_reproducible(teacher: HFTeacher) -> None:
     params = SamplingParams(n=2, max_tokens=10, seed=11)
     first = [r.text for r in generate(teacher, (chat(), params))[0]]
@@ -133,8 +146,17 @@ def test_prefill_is_continued_and_tool_turns_render_as_tool_responses(teacher: H
     assert reply.prompt_tokens > plain.prompt_tokens + 64  # the crop's visual tokens and the earlier turns
 
 
+def test_a_given_chat_template_replaces_the_checkpoints(tiny_qwen2_5_vl_dir: Path) -> None:
+    own = make_teacher("hf", str(tiny_qwen2_5_vl_dir), device="cpu")
+    given = make_teacher("hf", str(tiny_qwen2_5_vl_dir), device="cpu",
+                         chat_template="{% for m in messages %}[{{ m.role }}]{% endfor %}")
+    assert given.render(chat()) == "[system][user]" and own.render(chat()).startswith("<|im_start|>system")
+    assert "chat_template_sha256" in given.describe() and "chat_template_sha256" not in own.describe()
+
+
 class FakeLLM:
-    """Stands in for ``vllm.LLM``: records each ``chat`` call and answers every sample with a numbered reply."""
+    """Stands in for ``vllm.LLM``: records each ``chat`` call and answers sample ``j`` of a conversation of ``m``
+    messages with ``reply m.j`` (callers of one batch may arrive in either order)."""
 
     instances: list[FakeLLM] = []
 
@@ -146,10 +168,10 @@ class FakeLLM:
         self.calls.append((conversations, sampling_params, kwargs))
         return [
             SimpleNamespace(prompt_token_ids=[0] * 10, outputs=[
-                SimpleNamespace(index=j, text=f"reply {c}.{j}", finish_reason="stop", token_ids=[1, 2, 3])
+                SimpleNamespace(index=j, text=f"reply {len(c)}.{j}", finish_reason="stop", token_ids=[1, 2, 3])
                 for j in reversed(range(p.kwargs["n"]))  # out of order: the backend sorts by index
             ])
-            for c, p in enumerate(sampling_params)
+            for c, p in zip(conversations, sampling_params, strict=True)
         ]
 
 
@@ -170,7 +192,7 @@ def fake_vllm(monkeypatch: pytest.MonkeyPatch):
 
 def test_vllm_backend_batches_chats_into_one_engine_call(tiny_qwen2_5_vl_dir: Path, fake_vllm: None) -> None:
     teacher = make_teacher("vllm", str(tiny_qwen2_5_vl_dir), max_images=3, batch_wait_s=0.05,
-                           engine_args={"gpu_memory_utilization": 0.5})
+                           engine_args={"gpu_memory_utilization": 0.5}, chat_template="{{ messages }}")
     [llm] = FakeLLM.instances
     assert llm.kwargs == {"enable_prefix_caching": True, "limit_mm_per_prompt": {"image": 3},
                           "trust_remote_code": False, "gpu_memory_utilization": 0.5}
@@ -180,12 +202,16 @@ def test_vllm_backend_batches_chats_into_one_engine_call(tiny_qwen2_5_vl_dir: Pa
     first = SamplingParams(n=2, temperature=0.7, top_p=0.9, max_tokens=30, stop=("</think>",), seed=5, top_k=20)
     replies = generate(teacher, (chat(), first), ([*chat("Zoomed."), crop], SamplingParams(max_tokens=9)))
     [(conversations, params, kwargs)] = llm.calls  # two callers, one engine call
-    assert [r.text for r in replies[0]] == ["reply 0.0", "reply 0.1"] and replies[1][0].text == "reply 1.0"
+    assert [r.text for r in replies[0]] == ["reply 2.0", "reply 2.1"] and replies[1][0].text == "reply 3.0"
     assert sum(r.prompt_tokens for r in replies[0]) == 10 and replies[0][0].completion_tokens == 3
+    # The batch holds the callers in arrival order; look each one up by its conversation.
+    order = sorted(range(2), key=lambda i: len(conversations[i]))
+    conversations, params = [conversations[i] for i in order], [params[i] for i in order]
     assert params[0].kwargs == {"n": 2, "temperature": 0.7, "top_p": 0.9, "max_tokens": 30, "stop": ["</think>"],
                                 "seed": 5, "top_k": 20}
     assert "top_k" not in params[1].kwargs and "repetition_penalty" not in params[1].kwargs
-    assert kwargs == {"use_tqdm": False, "add_generation_prompt": True, "continue_final_message": False}
+    assert kwargs == {"use_tqdm": False, "chat_template": "{{ messages }}", "add_generation_prompt": True,
+                      "continue_final_message": False}
     image_part = conversations[0][1]["content"][0]
     assert image_part["type"] == "image_url" and image_part["image_url"]["url"].startswith("data:image/png;base64,")
     tool_turn = conversations[1][-1]

@@ -11,7 +11,7 @@ and, for a zoom dialog, the crops in order.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from PIL import Image
@@ -22,6 +22,9 @@ from trace_forge.show import render_trace
 from trace_forge.tasks import AnswerKind, Sample, get_task
 
 __all__ = ["DemoConfig", "run_demo"]
+
+# The served model's coordinates: the same option, wording and default as in evaluation.
+_EVAL_FRAME = next(f for f in fields(EvalConfig) if f.name == "frame")
 
 # The zoom crop geometry of each answer kind: GUI grounding (points) crops small with a dot, others as V*.
 _ZOOM_TASK = {AnswerKind.POINT: "screenspot-pro", AnswerKind.OPTION: "vstar", AnswerKind.TEXT: "vstar"}
@@ -45,6 +48,7 @@ class DemoConfig:
     seed: int = field(default=0, metadata={"help": "Seed of the request."})
     backend: str = field(default="hf", metadata={"help": "hf or vllm (local checkpoint), openai or anthropic."})
     base_urls: list[str] = field(default_factory=list, metadata={"help": "Server endpoints (openai/anthropic)."})
+    frame: str = field(default=_EVAL_FRAME.default, metadata=_EVAL_FRAME.metadata)
 
     def __post_init__(self) -> None:
         self.task_kind = AnswerKind(self.task_kind)
@@ -57,7 +61,7 @@ class DemoConfig:
         """The evaluation settings the question is asked under (one sample, the eval image budget)."""
         return EvalConfig(task=_ZOOM_TASK[self.task_kind], model=self.model, multi_turn=self.multi_turn,
                           temperature=self.temperature, max_tokens=self.max_tokens, seed=self.seed,
-                          backend=self.backend, base_urls=list(self.base_urls))
+                          backend=self.backend, base_urls=list(self.base_urls), frame=self.frame)
 
 
 def run_demo(config: DemoConfig) -> tuple[Dialog, Path]:

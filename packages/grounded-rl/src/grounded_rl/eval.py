@@ -18,7 +18,11 @@ the protocol; ``summary.md`` the table as the benchmark reports it.
 
 Coordinates: a local model writes points in its family's frame (Qwen2.5-VL: pixels of the image as its processor
 resized it; Qwen3-VL: a 0-1000 grid); an API model writes pixels of the image as sent (``max_pixels`` resizes it
-first, as a vLLM server serving a Qwen model would).
+first, as a vLLM server serving a Qwen model would), or, with ``frame="norm1000"``, the 0-1000 grid (a served
+Qwen3-VL).
+
+Chat template: a local checkpoint is prompted through our template of its family (the one SFT and GRPO render
+dialogs with), whatever template it ships; its sha256 is part of the protocol.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from typing import Any
 from PIL import Image
 
 from grounded_rl.env import DEFAULT_MAX_IMAGES, ZoomRefused, ZoomSession
+from grounded_rl.models import Family
 from trace_forge.errors import ConfigError
 from trace_forge.grounding import (
     ZOOM_TOOL_NAME,
@@ -63,6 +68,7 @@ __all__ = [
     "Student",
     "evaluate",
     "make_client",
+    "chat_template_for",
     "protocol",
     "score_answer",
     "summarize",
@@ -85,6 +91,8 @@ LOCAL_BACKENDS = ("hf", "vllm")  # load a checkpoint in-process: its family deci
 API_BACKENDS = ("openai", "anthropic")
 # Backends that continue a final assistant message (the forced answer is prefilled); the others get a user turn.
 PREFILL_BACKENDS = frozenset(LOCAL_BACKENDS)
+# The frames an API model may write points in (a local checkpoint's family decides its own).
+API_FRAMES = (Frame.MODEL.value, Frame.NORM1000.value)
 
 
 @dataclass
@@ -120,6 +128,11 @@ class EvalConfig:
         default=None,
         metadata={"help": "API backends: resize images to this pixel budget before sending (the served model's)."},
     )
+    frame: str = field(
+        default=Frame.MODEL.value,
+        metadata={"help": "API backends: the coordinates the served model writes: model (pixels of the image as "
+                          "sent) or norm1000 (a 0-1000 grid, e.g. Qwen3-VL). A local checkpoint's family decides."},
+    )
     concurrency: int = field(default=16, metadata={"help": "Questions (dialogs) in flight at once."})
 
     def __post_init__(self) -> None:
@@ -136,6 +149,10 @@ class EvalConfig:
             problems.append(f"backend={self.backend!r} (choose one of {', '.join(LOCAL_BACKENDS + API_BACKENDS)})")
         if self.max_pixels is not None and self.backend in LOCAL_BACKENDS:
             problems.append("max_pixels is for API backends; a local model's processor decides its own resize")
+        if self.frame not in API_FRAMES:
+            problems.append(f"frame={self.frame!r} (choose one of {', '.join(API_FRAMES)})")
+        elif self.frame != Frame.MODEL.value and self.backend in LOCAL_BACKENDS:
+            problems.append("frame is for API backends; a local checkpoint's family decides its frame")
         if problems:
             raise ConfigError("invalid eval settings: " + "; ".join(problems))
         # Sampling settings are checked where they are used, once, by SamplingParams.
@@ -159,26 +176,29 @@ class Viewer:
         frame: ``model`` (pixels of the image as the model sees it) or ``norm1000``.
         resize: the resize bounds of the image the model sees; None when images are sent at original size, so the
             ``model`` frame is the ``pixel`` frame.
-        coordinate_hint: how the system prompt describes coordinates (None: "pixel coordinates as shown").
     """
 
     frame: Frame
     resize: Resize | None
-    coordinate_hint: str | None = None
 
     @classmethod
     def for_config(cls, config: EvalConfig) -> Viewer:
         """A local Qwen-VL checkpoint writes its family's frame under its processor's resize bounds (read from
-        the checkpoint's config files, weights untouched); an API model writes pixels of the image as sent."""
+        the checkpoint's config files, weights untouched); an API model writes ``config.frame`` of the image as
+        sent."""
         if config.backend not in LOCAL_BACKENDS:
-            return cls(Frame.MODEL, Resize(max_pixels=config.max_pixels) if config.max_pixels is not None else None)
-        from transformers import AutoConfig, AutoImageProcessor
+            resize = Resize(max_pixels=config.max_pixels) if config.max_pixels is not None else None
+            return cls(Frame(config.frame), resize)
+        from transformers import AutoImageProcessor
 
-        from grounded_rl.models import family_of, resize_of
+        from grounded_rl.models import resize_of
 
-        family = family_of(AutoConfig.from_pretrained(config.model))
-        resize = resize_of(AutoImageProcessor.from_pretrained(config.model))
-        return cls(family.frame, resize, NORM1000_HINT if family.frame is Frame.NORM1000 else None)
+        return cls(_local_family(config).frame, resize_of(AutoImageProcessor.from_pretrained(config.model)))
+
+    @property
+    def coordinate_hint(self) -> str | None:
+        """How the system prompt describes coordinates (None: "pixel coordinates as shown")."""
+        return NORM1000_HINT if self.frame is Frame.NORM1000 else None
 
     def geometry(self, image: Image.Image) -> ImageGeometry:
         if self.resize is None:
@@ -187,9 +207,10 @@ class Viewer:
 
     def session(self, image: Image.Image, task: Task, kind: AnswerKind, max_images: int) -> ZoomSession:
         """The zoom tool of one dialog on ``image``."""
-        # Unresized images: the model frame is the pixel frame, which ZoomSession reads without a resize.
-        frame, resize = (Frame.PIXEL, Resize()) if self.resize is None else (self.frame, self.resize)
-        return ZoomSession(image, frame, resize, task.zoom, prompts_for(kind), max_images=max_images)
+        # Unresized images: the model frame is the pixel frame, which ZoomSession reads without a resize; the
+        # norm1000 grid spans the image whatever its resize.
+        frame = Frame.PIXEL if self.resize is None and self.frame is Frame.MODEL else self.frame
+        return ZoomSession(image, frame, self.resize or Resize(), task.zoom, prompts_for(kind), max_images=max_images)
 
     def describe(self) -> dict[str, Any]:
         resize = dataclasses.asdict(self.resize) if self.resize is not None else None
@@ -296,7 +317,8 @@ class Student:
         ]
 
     async def multi_turn(self, sample: Sample, canvas: Image.Image, seed: int) -> Dialog:
-        """One zoom dialog: at most ``max_images`` turns; the last is forced to answer."""
+        """One zoom dialog: at most ``max_images`` turns, each serving all its zoom calls; the last is forced to
+        answer."""
         prompts = prompts_for(sample.answer_kind)
         chat = self.prompt(sample, canvas)
         geometry = self._geometry(canvas, chat[1].images[0])
@@ -310,26 +332,28 @@ class Student:
                 prefill = prompts.forced_answer_prefix()
                 request = [*chat, Message("assistant", (prefill,))]
             elif dialog.forced:
-                request = [*chat, Message("user", (prompts.teacher_force_answer(),))]
+                request = [*chat, Message("user", (prompts.student_force_answer(),))]
             else:
                 request = chat
             (completion,) = await self.client.generate(request, self.config.sampling(1, seed + turn))
             text = prefill + completion.text
             parsed = self._parse(text, geometry, "turn")
             dialog.turns.append(Turn(text, completion.finish_reason, parsed, prefill))
-            call = next((c for c in parsed.tool_calls if c.name == ZOOM_TOOL_NAME), None)
-            if dialog.forced or parsed.answer is not None or call is None:
+            calls = [c for c in parsed.tool_calls if c.name == ZOOM_TOOL_NAME]
+            if dialog.forced or parsed.answer is not None or not calls:
                 break
             chat.append(Message("assistant", (text,)))
-            chat.append(Message("tool", self._serve(session, call.arguments.get("point"), dialog)))
+            # Every call of the turn is served in order, each its own tool message, as GRPO's tool loop does;
+            # calls past the image budget are refused there too.
+            chat.extend(Message("tool", self._serve(session, c.arguments.get("point"), dialog)) for c in calls)
         return dialog
 
     @staticmethod
     def _serve(session: ZoomSession, point: object, dialog: Dialog) -> tuple[str | ImageRef, ...]:
-        """The tool's reply to a zoom call: the crop and its observation, or why it was refused."""
-        x, y = point if isinstance(point, list) and len(point) == 2 else (point, None)
+        """The tool's reply to a zoom call: the crop and its observation, or why it was refused (the same
+        ``str(ZoomRefused)`` text GRPO's environment replies with)."""
         try:
-            result = session.zoom(x, y)
+            result = session.zoom_at(point)
         except ZoomRefused as e:
             dialog.refused.append(str(e))
             return (str(e),)
@@ -385,6 +409,7 @@ def protocol(config: EvalConfig, task: Task, viewer: Viewer) -> dict[str, Any]:
     import grounded_rl
     import trace_forge
 
+    template = chat_template_for(config)
     return {
         "task": config.task,
         "split": config.split or task.default_split,
@@ -397,6 +422,7 @@ def protocol(config: EvalConfig, task: Task, viewer: Viewer) -> dict[str, Any]:
         "seed": config.seed,
         "prompt_version": PROMPT_VERSION,
         "prompt_templates_sha256": TEMPLATES_SHA256,
+        "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest() if template is not None else None,
         "coordinates": {**viewer.describe(), "max_pixels": config.max_pixels},
         "zoom": {
             "max_images": config.max_images,
@@ -480,10 +506,33 @@ def _markdown(summary: dict[str, Any], k: int) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _local_family(config: EvalConfig) -> Family:
+    """The family of a local checkpoint, from its config (a directory or a Hub id; weights untouched)."""
+    from transformers import AutoConfig
+
+    from grounded_rl.models import family_of
+
+    return family_of(AutoConfig.from_pretrained(config.model))
+
+
+def chat_template_for(config: EvalConfig) -> str | None:
+    """The chat template a local checkpoint is evaluated with: ours for its family, the one SFT and GRPO render
+    dialogs with, since a base or third-party checkpoint may ship one that renders tool turns differently.
+    None for API backends: their servers apply their own."""
+    if config.backend not in LOCAL_BACKENDS:
+        return None
+    from grounded_rl.templates import chat_template
+
+    return chat_template(_local_family(config))
+
+
 def make_client(config: EvalConfig) -> TeacherClient:
-    """The client of ``config.backend``; API backends send images resized to ``config.max_pixels`` if set."""
+    """The client of ``config.backend``: a local checkpoint with our chat template (:func:`chat_template_for`);
+    an API backend sending images resized to ``config.max_pixels`` if set."""
+    template = chat_template_for(config)
+    options = {"chat_template": template} if template is not None else {}
     resize = Resize(max_pixels=config.max_pixels) if config.max_pixels is not None else None
-    return build_client(config.backend, config.model, config.base_urls, resize=resize)
+    return build_client(config.backend, config.model, config.base_urls, resize=resize, **options)
 
 
 def evaluate(

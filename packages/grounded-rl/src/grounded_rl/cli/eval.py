@@ -45,6 +45,9 @@ Examples:
 
   grounded-rl eval --backend openai --base-url http://gpu1:8000/v1 --model Qwen/Qwen2.5-VL-72B-Instruct \
 --max-pixels 12845056 --task sat2 --data-dir data/sat2 --split val --out ev/sat2-72b
+
+  grounded-rl eval --backend openai --base-url http://gpu1:8000/v1 --model Qwen/Qwen3-VL-8B-Instruct \
+--frame norm1000 --task screenspot-pro --data-dir data/ScreenSpot-Pro --out ev/sspro-qwen3
 """
 
 
@@ -66,6 +69,7 @@ def eval_command(
     backend: Annotated[str, typer.Option(help=_eval_help("backend"))] = _EVAL_DEFAULT["backend"],
     base_url: Annotated[list[str] | None, typer.Option(help=_eval_help("base_urls") + " Repeat for replicas.")] = None,
     max_pixels: Annotated[int | None, typer.Option(help=_eval_help("max_pixels"))] = _EVAL_DEFAULT["max_pixels"],
+    frame: Annotated[str, typer.Option(help=_eval_help("frame"))] = _EVAL_DEFAULT["frame"],
     concurrency: Annotated[int, typer.Option(help=_eval_help("concurrency"))] = _EVAL_DEFAULT["concurrency"],
 ) -> None:
     """Evaluate a model on a benchmark with the official verifier; writes samples.jsonl, summary.json/.md.
@@ -79,7 +83,7 @@ def eval_command(
     config = EvalConfig(
         task=task, model=model, data_dir=data_dir, split=split, limit=limit, multi_turn=multi_turn, samples=samples,
         temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed, max_images=max_images,
-        backend=backend, base_urls=list(base_url or []), max_pixels=max_pixels, concurrency=concurrency,
+        backend=backend, base_urls=list(base_url or []), max_pixels=max_pixels, frame=frame, concurrency=concurrency,
     )
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("acc {task.fields[acc]}"),
                TimeRemainingColumn())
@@ -136,6 +140,7 @@ def demo_command(
     seed: Annotated[int, typer.Option(help=_demo_help("seed"))] = _DEMO_DEFAULT["seed"],
     backend: Annotated[str, typer.Option(help=_demo_help("backend"))] = _DEMO_DEFAULT["backend"],
     base_url: Annotated[list[str] | None, typer.Option(help=_demo_help("base_urls"))] = None,
+    frame: Annotated[str, typer.Option(help=_demo_help("frame"))] = _DEMO_DEFAULT["frame"],
 ) -> None:
     """Run a model on one image and draw its trajectory: numbered points, step texts, zoom crops."""
     from grounded_rl.demo import run_demo
@@ -143,7 +148,7 @@ def demo_command(
     config = DemoConfig(
         model=model, image=str(image), query=query, out=str(out), task_kind=task_kind, options=list(option or []),
         multi_turn=multi_turn, temperature=temperature, max_tokens=max_tokens, seed=seed, backend=backend,
-        base_urls=list(base_url or []),
+        base_urls=list(base_url or []), frame=frame,
     )
     dialog, path = run_demo(config)
     for i, turn in enumerate(dialog.turns, 1):

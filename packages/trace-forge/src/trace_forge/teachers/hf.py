@@ -2,9 +2,10 @@
 
 Needs the ``hf`` extra (torch, transformers); this module is imported only when ``hf`` is chosen. Concurrent
 requests are gathered into one batched ``generate`` (see :class:`~trace_forge.teachers.inprocess.Batcher`), which
-runs in a worker thread. Chats are rendered with the processor's chat template; images go in as the bytes the
-shared encoder made, at the processor's own resize, so the model's coordinates are in the client's ``model``
-frame. A chat that ends with an assistant turn is continued (a prefill), not answered anew.
+runs in a worker thread; a seeded sampling request runs alone, so its samples depend on its seed only. Chats are
+rendered with the processor's chat template, or the one given; images go in as the bytes the shared encoder made,
+at the processor's own resize, so the model's coordinates are in the client's ``model`` frame. A chat that ends
+with an assistant turn is continued (a prefill), not answered anew.
 """
 
 from __future__ import annotations
@@ -46,14 +47,18 @@ class HFTeacher(Teacher):
         trust_remote_code: run code shipped with the checkpoint (off unless asked).
         max_batch: most requests per ``generate`` call.
         batch_wait_s: how long a request waits for others to share its batch.
+        chat_template: Jinja chat template to render chats with instead of the checkpoint's own (e.g. the one a
+            model was fine-tuned with, when the checkpoint ships another).
 
     Attributes:
         resize: how the processor resizes images, i.e. the frame the model's coordinates are in.
         vlm: the loaded model; ``processor``: its processor.
 
     Sampling: temperature 0 is greedy decoding (``n`` copies of one sequence); stop strings end a sequence and are
-    cut from its text, as chat APIs do. Requests with equal sampling parameters share one ``generate`` call, seeded
-    from their seeds, so a request is reproducible when it is batched with the same requests.
+    cut from its text, as chat APIs do. A seeded sampling request runs alone under ``torch.manual_seed(seed)``
+    (its ``n`` samples from one call): all rows of a batch draw from one random stream, so batched samples would
+    depend on which other requests arrived in the same few milliseconds. Greedy and unseeded requests with equal
+    sampling parameters share one ``generate`` call.
     """
 
     name = "hf"
@@ -69,8 +74,10 @@ class HFTeacher(Teacher):
         trust_remote_code: bool = False,
         max_batch: int = 8,
         batch_wait_s: float = 0.005,
+        chat_template: str | None = None,
     ) -> None:
         super().__init__(model, encoder=encoder)
+        self.chat_template = chat_template
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": trust_remote_code}
         if dtype is not None:
@@ -92,7 +99,10 @@ class HFTeacher(Teacher):
         return await self._batcher.submit(chat, params)
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "device": self.device, "dtype": str(self.vlm.dtype)}
+        described = {**super().describe(), "device": self.device, "dtype": str(self.vlm.dtype)}
+        if self.chat_template is not None:  # it changes every prompt, hence the replies (and their cache keys)
+            described["chat_template_sha256"] = hashlib.sha256(self.chat_template.encode()).hexdigest()
+        return described
 
     def render(self, chat: Chat) -> str:
         """The prompt text of ``chat``: its messages through the chat template, ready for the model to continue."""
@@ -103,23 +113,25 @@ class HFTeacher(Teacher):
         ]
         prefill = chat[-1].role == "assistant"
         return self.processor.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=not prefill, continue_final_message=prefill
+            messages, chat_template=self.chat_template, tokenize=False, add_generation_prompt=not prefill,
+            continue_final_message=prefill,
         )
 
     # --- one batch, in the worker thread -----------------------------------------------------------------------
 
     def _run(self, requests: list[tuple[Chat, SamplingParams]]) -> list[list[Completion]]:
-        """Completions for each request; one ``generate`` per group of equal sampling parameters."""
+        """Completions for each request: one ``generate`` per seeded sampling request, one per group of the rest
+        with equal sampling parameters."""
         out: list[list[Completion]] = [[] for _ in requests]
-        keys = [dataclasses.replace(params, seed=None) for _, params in requests]
-        for params, indices in group_indices(keys).items():
+        keys = [_share_key(i, params) for i, (_, params) in enumerate(requests)]
+        for indices in group_indices(keys).values():
             chats = [requests[i][0] for i in indices]
-            seeds = [requests[i][1].seed for i in indices]
-            for i, completions in zip(indices, self._generate_batch(chats, params, seeds), strict=True):
+            params = requests[indices[0]][1]
+            for i, completions in zip(indices, self._generate_batch(chats, params), strict=True):
                 out[i] = completions
         return out
 
-    def _generate_batch(self, chats: list[Chat], params: SamplingParams, seeds: list[int | None]) -> list[list[Completion]]:
+    def _generate_batch(self, chats: list[Chat], params: SamplingParams) -> list[list[Completion]]:
         images = [self._image(ref) for chat in chats for m in chat for ref in m.images]
         inputs = self.processor(
             text=[self.render(chat) for chat in chats], images=images or None, padding=True, return_tensors="pt"
@@ -139,8 +151,8 @@ class HFTeacher(Teacher):
             kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or 0)
         if params.stop:
             kwargs.update(stop_strings=list(params.stop), tokenizer=self.processor.tokenizer)
-        if any(seed is not None for seed in seeds):
-            torch.manual_seed(_batch_seed(seeds))
+        if params.seed is not None and not greedy:  # alone in its batch (see _share_key)
+            torch.manual_seed(params.seed)
         with torch.inference_mode():
             output = self.vlm.generate(**inputs, **kwargs)
         new_tokens = output[:, inputs["input_ids"].shape[1]:].tolist()
@@ -168,8 +180,13 @@ class HFTeacher(Teacher):
             return image.convert("RGB")
 
 
-def _batch_seed(seeds: list[int | None]) -> int:
-    """One seed for a batch: a request's own seed when alone, else a hash of all of them."""
-    if len(seeds) == 1 and seeds[0] is not None:
-        return seeds[0]
-    return int.from_bytes(hashlib.sha256(repr(seeds).encode()).digest()[:8], "big") >> 1
+def _share_key(index: int, params: SamplingParams) -> object:
+    """Requests with equal keys share one ``generate`` call.
+
+    A seeded sampling request gets a key of its own: the rows of a batch draw from one random stream, so its
+    samples would otherwise depend on its batch mates, and an evaluation would change with its concurrency or
+    on resume. Greedy decoding ignores the seed, and unseeded requests promise nothing, so those share.
+    """
+    if params.seed is not None and params.temperature > 0:
+        return ("alone", index)
+    return dataclasses.replace(params, seed=None)
