@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from trace_forge.grounding import Point, Step
+from trace_forge.search.mcts import question_record
 from trace_forge.search.store import RunStore
 from trace_forge.search.tree import Rollout, Tree, backup
 from trace_forge.tasks import Sample, get_task
@@ -78,19 +79,13 @@ def vstar_samples() -> dict[str, Sample]:
 
 def make_record(tree: Tree, sample: Sample, *, image_size: tuple[int, int] | None = None) -> dict[str, Any]:
     """A trees.jsonl record for ``sample`` holding ``tree`` (``image_size``: the real canvas by default)."""
-    return {
-        "question_id": sample.id,
-        "task": sample.task,
-        "category": sample.category,
-        "answer_kind": sample.answer_kind.value,
-        "answer": sample.answer,
-        "target_boxes": [b.to_list() for b in sample.target_boxes],
-        "image_size": list(image_size or sample.canvas().size),
-        "teacher": dict(TEACHER),
-        "prompt_version": PROMPT_VERSION,
-        "tree": tree.to_dict(),
-        "stats": {"nodes": len(tree.nodes), "rollouts": sum(len(n.rollouts) for n in tree.nodes)},
-    }
+    return question_record(
+        sample,
+        tree,
+        image_size=image_size or sample.canvas().size,
+        teacher=dict(TEACHER),
+        stats={"nodes": len(tree.nodes), "rollouts": sum(len(n.rollouts) for n in tree.nodes)},
+    )
 
 
 def write_run(

@@ -356,9 +356,11 @@ class RunSummary:
     failures: list[str] = field(default_factory=list)
 
 
-def record_of(sample: Sample, result: SearchResult, client: TeacherClient) -> dict[str, Any]:
-    """The trees.jsonl line for a finished question (see :mod:`trace_forge.search.store`)."""
-    teacher = {**client.teacher.describe(), "simulated": client.teacher.name == "sim"}
+def question_record(
+    sample: Sample, tree: Tree, *, image_size: tuple[int, int], teacher: dict[str, Any], stats: dict[str, Any]
+) -> dict[str, Any]:
+    """The trees.jsonl line for a searched question (see :mod:`trace_forge.search.store`): the one place its
+    layout is written."""
     return {
         "question_id": sample.id,
         "task": sample.task,
@@ -366,12 +368,23 @@ def record_of(sample: Sample, result: SearchResult, client: TeacherClient) -> di
         "answer_kind": sample.answer_kind.value,
         "answer": sample.answer,
         "target_boxes": [b.to_list() for b in sample.target_boxes],
-        "image_size": list(result.image_size),
+        "image_size": list(image_size),
         "teacher": teacher,
         "prompt_version": PROMPT_VERSION,
-        "tree": result.tree.to_dict(),
-        "stats": {**asdict(result.stats), "correct": result.correct},
+        "tree": tree.to_dict(),
+        "stats": stats,
     }
+
+
+def record_of(sample: Sample, result: SearchResult, client: TeacherClient) -> dict[str, Any]:
+    """:func:`question_record` of a finished search, with the client's teacher provenance."""
+    return question_record(
+        sample,
+        result.tree,
+        image_size=result.image_size,
+        teacher={**client.teacher.describe(), "simulated": client.teacher.name == "sim"},
+        stats={**asdict(result.stats), "correct": result.correct},
+    )
 
 
 async def run_search(
