@@ -45,8 +45,7 @@ from PIL import Image, ImageDraw
 
 from grounded_rl.train import PipelineConfig, run_pipeline
 from trace_forge.dataset import split_by_question, write_dataset
-from trace_forge.grounding import Step
-from trace_forge.grounding.format import format_point
+from trace_forge.grounding import Step, format_point
 from trace_forge.linearize import Chain, ChainSource
 from trace_forge.tasks import Sample, get_task
 from trace_forge.tasks.prompts import PROMPT_VERSION, prompts_for

@@ -139,8 +139,8 @@ def rescore(task_name: str, samples: list[Sample], out: Path) -> list[dict]:
         expect = "turn" if r["mode"] == "multi" else "single"
         answer = parse_response(r["turns"][-1]["text"], geometry=geometry, frame=frame, expect=expect).answer
         if sample.answer_kind is AnswerKind.POINT and answer is not None:
-            xy = scoring.parse_point(answer)
-            answer = Point(*xy, frame).to(Frame.PIXEL, geometry) if xy else None
+            xy = scoring.official_point(answer)  # the official reading and mapping: x * W / w
+            answer = Point(*geometry.scale(*xy, frame, Frame.PIXEL)) if xy else None
         assert r["score"] == task.score(sample, answer), r
         assert r["answer"] == (parse_response(r["turns"][-1]["text"], expect=expect).answer)
     return records

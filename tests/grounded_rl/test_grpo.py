@@ -258,11 +258,10 @@ def test_refused_zooms_reply_with_the_words_evaluation_sends() -> None:
 
 
 def test_max_pixels_caps_the_images_the_policy_sees(tiny_qwen2_5_vl_dir: Path, squares: Path, tmp_path: Path) -> None:
-    from grounded_rl.models import resize_of
 
     trainer = build_trainer(config(tiny_qwen2_5_vl_dir, squares, tmp_path, max_pixels=112 * 112))
-    assert resize_of(trainer.processing_class).max_pixels == 112 * 112  # generation and forward passes
-    model_size = Resize(resize_of(trainer.processing_class).min_pixels, 112 * 112).model_size(224, 168)
+    assert Resize.of_processor(trainer.processing_class).max_pixels == 112 * 112  # generation and forward passes
+    model_size = Resize(Resize.of_processor(trainer.processing_class).min_pixels, 112 * 112).model_size(224, 168)
     assert trainer.train_dataset["model_size"] == [list(model_size)] * 2 and model_size[0] * model_size[1] <= 12544
 
 

@@ -9,9 +9,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 import grounded_rl.models
-from grounded_rl.models import Family, family_of, geometry_for, resize_of, to_model_frame
-from trace_forge.grounding import Frame, ImageGeometry, Point, Resize, Step, Trajectory
-from trace_forge.grounding.format import format_point
+from grounded_rl.models import Family, family_of, geometry_for, to_model_frame
+from trace_forge.grounding import Frame, ImageGeometry, Point, Resize, Step, Trajectory, format_point
 
 FAMILIES = ["qwen2_5_vl", "qwen3_vl"]
 
@@ -63,21 +62,21 @@ def test_doctests():
 
 
 def test_resize_of_tiny_processors(processors):
-    assert resize_of(processors["qwen2_5_vl"]) == Resize(
+    assert Resize.of_processor(processors["qwen2_5_vl"]) == Resize(
         min_pixels=4 * 28**2, max_pixels=256 * 28**2, factor=28
     )
-    assert resize_of(processors["qwen3_vl"]) == Resize(
+    assert Resize.of_processor(processors["qwen3_vl"]) == Resize(
         min_pixels=4 * 32**2, max_pixels=256 * 32**2, factor=32
     )
     # The image processor alone works too.
-    assert resize_of(processors["qwen3_vl"].image_processor) == resize_of(processors["qwen3_vl"])
+    assert Resize.of_processor(processors["qwen3_vl"].image_processor) == Resize.of_processor(processors["qwen3_vl"])
 
 
 def test_resize_of_legacy_attributes_and_errors():
     legacy = SimpleNamespace(size=None, min_pixels=3136, max_pixels=1_003_520, patch_size=14, merge_size=2)
-    assert resize_of(legacy) == Resize(3136, 1_003_520, 28)
+    assert Resize.of_processor(legacy) == Resize(3136, 1_003_520, 28)
     with pytest.raises(ValueError, match="does not look like a Qwen-VL image processor"):
-        resize_of(SimpleNamespace(size={"height": 224, "width": 224}, patch_size=14))
+        Resize.of_processor(SimpleNamespace(size={"height": 224, "width": 224}, patch_size=14))
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -5,7 +5,7 @@ from fractions import Fraction
 import pytest
 
 from trace_forge.tasks import metrics
-from trace_forge.tasks.metrics import avg_at_k, circular, group_means, macro, mean, pass_at_k
+from trace_forge.tasks.metrics import avg_at_k, all_rotations, group_means, macro, mean, pass_at_k
 from trace_forge.tasks.sample import AnswerKind, Sample
 
 
@@ -60,7 +60,7 @@ def test_blink_total_is_macro_over_subtasks():
     assert mean(s for _, s in results) == pytest.approx(4 / 8)
 
 
-def test_circular_needs_every_rotation_right():
+def test_all_rotations_needs_every_rotation_right():
     results = [
         (_sample(0, circular_group="q1"), 1.0),
         (_sample(1, circular_group="q1"), 1.0),  # q1: both rotations right -> 1
@@ -70,15 +70,15 @@ def test_circular_needs_every_rotation_right():
         (_sample(5, circular_group="q3"), 1.0),  # q3: order of members does not matter -> 0
         (_sample(6, circular_group=7), 1.0),  # non-string group ids are fine
     ]
-    assert circular(results) == {"circular": pytest.approx(2 / 4), "circular_n": 4.0}
-    assert mean(s for _, s in results) == pytest.approx(5 / 7)  # what plain accuracy would report
+    assert all_rotations(results) == {"all_rotations": pytest.approx(2 / 4), "questions": 4.0}
+    assert mean(s for _, s in results) == pytest.approx(5 / 7)  # SAT's circular accuracy: every rotation an item
 
 
-def test_circular_rejects_missing_group():
+def test_all_rotations_rejects_missing_group():
     with pytest.raises(ValueError, match="'9'"):
-        circular([(_sample(9), 1.0)])
+        all_rotations([(_sample(9), 1.0)])
     with pytest.raises(ValueError):
-        circular([])
+        all_rotations([])
 
 
 def _brute_pass_at_k(n: int, c: int, k: int) -> Fraction:

@@ -4,7 +4,7 @@ import pytest
 
 from trace_forge.grounding import Box, Frame, Point
 from trace_forge.tasks import scoring
-from trace_forge.tasks.scoring import choose_option, parse_point, score_option, score_point, score_text
+from trace_forge.tasks.scoring import choose_option, official_point, score_option, score_point, score_text
 
 COLORS = ["red", "blue", "not red", "green"]  # "not red" contains the correct "red": the substring trap
 
@@ -144,9 +144,9 @@ def test_score_point_needs_a_box():
 
 
 def test_parse_point_forms():
-    assert parse_point("<point>(12, 34)</point>") == (12.0, 34.0)
-    assert parse_point("x=1.5 y=-2") == (1.5, -2.0)
-    assert parse_point("(1, 2), (3, 4)") == (2.0, 3.0)
+    assert official_point("<point>(12, 34)</point>") == (12.0, 34.0)
+    assert official_point("x=1.5 y=-2") == (1.5, -2.0)
+    assert official_point("(1, 2), (3, 4)") == (2.0, 3.0)
 
 
 @pytest.mark.parametrize(

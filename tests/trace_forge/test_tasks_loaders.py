@@ -389,7 +389,8 @@ def test_sat_circular_expansion(tmp_path):
     assert [(s.id, s.options) for s in samples] == [("val_0#r0", ["left", "right"]), ("val_0#r1", ["right", "left"])]
     assert {s.meta["circular_group"] for s in samples} == {"val_0"} and all(s.answer == "right" for s in samples)
     metrics = task.aggregate([(samples[0], 1.0), (samples[1], 0.0)])
-    assert metrics["overall"] == 0.5 and metrics["circular"] == 0.0 and metrics["circular_n"] == 1
+    # SAT's circular accuracy averages the rotations as items; all_rotations is the strict per-question reading
+    assert metrics["overall"] == 0.5 and metrics["all_rotations"] == 0.0 and metrics["questions"] == 1
 
 
 def test_sat_jsonl_with_bad_answer(tmp_path):

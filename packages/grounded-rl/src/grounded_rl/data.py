@@ -31,10 +31,9 @@ from itertools import accumulate
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from grounded_rl.models import Family, geometry_for, resize_of
+from grounded_rl.models import Family, geometry_for
 from trace_forge.errors import ConfigError, DataError
-from trace_forge.grounding import Frame, Point, Step
-from trace_forge.grounding.format import format_point
+from trace_forge.grounding import Frame, Point, Resize, Step, format_point
 from trace_forge.tasks.prompts import NORM1000_HINT, TEMPLATES
 
 if TYPE_CHECKING:
@@ -134,11 +133,11 @@ def check_features(dataset: Dataset, where: object = None) -> None:
 def set_max_pixels(processor: ProcessorMixin, max_pixels: int) -> None:
     """Cap the pixels the processor resizes an image to (fewer visual tokens); saved with the processor.
 
-    The ``model`` frame follows (:func:`~grounded_rl.models.resize_of` reads the same bounds), so points are
+    The ``model`` frame follows (:meth:`~trace_forge.grounding.Resize.of_processor` reads the same bounds), so points are
     rewritten for the size the model really sees.
     """
     image_processor = processor.image_processor
-    min_pixels = resize_of(processor).min_pixels
+    min_pixels = Resize.of_processor(processor).min_pixels
     if max_pixels < min_pixels:
         raise ConfigError(f"max_pixels {max_pixels} is below the processor's min_pixels {min_pixels}")
     image_processor.size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
@@ -270,7 +269,7 @@ def image_token_count(processor: ProcessorMixin | Any, width: int, height: int) 
         >>> image_token_count(ip, 517, 389)  # resized to 504 x 392: 18 x 14 tokens of 28 x 28 px
         252
     """
-    resize = resize_of(processor)
+    resize = Resize.of_processor(processor)
     geometry = resize.geometry(width, height)
     return (geometry.model_width // resize.factor) * (geometry.model_height // resize.factor)
 

@@ -54,9 +54,10 @@ from trace_forge.grounding import (
     Step,
     parse_response,
 )
-from trace_forge.grounding.format import Expect, format_point
+from trace_forge.grounding import format_point
+from trace_forge.grounding.format import Expect
 from trace_forge.search.store import append_record, read_records
-from trace_forge.tasks import AnswerKind, Sample, Task, get_task, metrics, scoring
+from trace_forge.tasks import AnswerKind, Sample, Task, get_task, metrics, score_answer
 from trace_forge.tasks.prompts import NORM1000_HINT, PROMPT_VERSION, TEMPLATES_SHA256, prompts_for
 from trace_forge.teachers import ImageRef, Message, SamplingParams, TeacherClient, build_client
 
@@ -70,7 +71,6 @@ __all__ = [
     "make_client",
     "chat_template_for",
     "protocol",
-    "score_answer",
     "summarize",
     "LOCAL_BACKENDS",
     "PREFILL_BACKENDS",
@@ -191,9 +191,7 @@ class Viewer:
             return cls(Frame(config.frame), resize)
         from transformers import AutoImageProcessor
 
-        from grounded_rl.models import resize_of
-
-        return cls(_local_family(config).frame, resize_of(AutoImageProcessor.from_pretrained(config.model)))
+        return cls(_local_family(config).frame, Resize.of_processor(AutoImageProcessor.from_pretrained(config.model)))
 
     @property
     def coordinate_hint(self) -> str | None:
@@ -215,20 +213,6 @@ class Viewer:
     def describe(self) -> dict[str, Any]:
         resize = dataclasses.asdict(self.resize) if self.resize is not None else None
         return {"frame": self.frame.value, "resize": resize, "coordinate_hint": self.coordinate_hint}
-
-
-def score_answer(task: Task, sample: Sample, answer: str | None, geometry: ImageGeometry, frame: Frame) -> float:
-    """The official score of an ``<answer>`` text written in ``frame``.
-
-    Point answers are read the way the official grounding scripts read them (:func:`trace_forge.tasks.scoring
-    .parse_point`: two numbers, or four as a box centre), then converted to the pixel frame of the sample's
-    canvas, where its target boxes are; other answers go to the verifier as text.
-    """
-    if sample.answer_kind is not AnswerKind.POINT or answer is None:
-        return task.score(sample, answer)
-    xy = scoring.parse_point(answer)
-    point = Point(xy[0], xy[1], frame).to(Frame.PIXEL, geometry) if xy is not None else None
-    return task.score(sample, point)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -607,7 +591,7 @@ async def _run(
 
     def finish(sample: Sample, k: int, dialog: Dialog) -> None:
         nonlocal done
-        score = score_answer(task, sample, dialog.answer, dialog.geometry, dialog.frame)
+        score = score_answer(task, sample, dialog.answer, dialog.geometry, dialog.frame).score
         record = _record(sample, k, dialog, score, mode)
         append_record(path, record)
         done += 1

@@ -38,7 +38,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 from grounded_rl.data import image_token_count, load_traces, set_max_pixels
 from grounded_rl.env import DEFAULT_MAX_IMAGES, ZoomEnvironment
-from grounded_rl.models import Family, family_of, load_model_and_processor, resize_of
+from grounded_rl.models import Family, family_of, load_model_and_processor
 from grounded_rl.rewards import DEFAULT_WEIGHTS, RAW_TEXT, build_rewards
 from grounded_rl.sft import freeze_vision_tower
 from trace_forge.errors import ConfigError
@@ -316,7 +316,7 @@ def _samples_from_traces(rows: Dataset) -> list[Sample]:
 
 def load_prompts(config: GroundedGRPOConfig, processor: Any, family: Family) -> Dataset:
     """The prompt dataset of ``config``: from a task's samples, or from the questions of a trace dataset."""
-    resize = resize_of(processor)
+    resize = Resize.of_processor(processor)
     if config.task is not None:
         task = get_task(config.task, **(config.task_options or {}))
         samples = list(task.load(data_dir=config.data_dir, split=config.split, limit=config.limit))
@@ -388,7 +388,7 @@ def build_trainer(config: GroundedGRPOConfig) -> GroundedGRPOTrainer:
 
     # ---- multi-turn: one zoom environment per rollout, holding its row's image -----------------------------------
     environment = (
-        partial(ZoomEnvironment, resize_of(processor), family.frame, config.max_images) if config.multi_turn else None
+        partial(ZoomEnvironment, Resize.of_processor(processor), family.frame, config.max_images) if config.multi_turn else None
     )
     return GroundedGRPOTrainer(
         model=model,

@@ -7,8 +7,8 @@ its family:
   from ``smart_resize`` with factor ``patch_size * merge_size`` (28) and the processor's min/max pixels.
 - Qwen3-VL uses a 0-1000 grid over the image (``norm1000`` frame), independent of resizing.
 
-:func:`resize_of` reads the resize bounds from the real processor, so the ``model`` frame is always the one the
-processor actually produces (tests check this by reconstructing the resized image from ``pixel_values``). Torch and
+:meth:`~trace_forge.grounding.Resize.of_processor` reads the resize bounds from the real processor, so the ``model``
+frame is always the one the processor actually produces (tests check this by reconstructing the resized image from ``pixel_values``). Torch and
 transformers are imported inside functions: importing this module stays cheap.
 """
 
@@ -20,7 +20,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from trace_forge.grounding import Frame, ImageGeometry, Point, Resize, Trajectory
+from trace_forge.grounding import MODEL_TYPE_FRAMES, Frame, ImageGeometry, Point, Resize, Trajectory
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel, ProcessorMixin
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 __all__ = [
     "Family",
     "family_of",
-    "resize_of",
     "geometry_for",
     "to_model_frame",
     "install_templates",
@@ -48,7 +47,7 @@ class Family(StrEnum):
 
     @property
     def frame(self) -> Frame:
-        return Frame.MODEL if self is Family.QWEN2_5_VL else Frame.NORM1000
+        return MODEL_TYPE_FRAMES[self.value]
 
 
 # config.json "model_type" -> family (MoE variants share the dense model's prompt format and frame).
@@ -89,44 +88,6 @@ def family_of(config_or_path: PretrainedConfig | PreTrainedModel | str | Path) -
     return _MODEL_TYPES[model_type]
 
 
-def _get(obj: Any, key: str) -> Any:
-    """``obj[key]`` for dicts, ``obj.key`` for transformers' ``SizeDict``; ``None`` when absent."""
-    if obj is None:
-        return None
-    return obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
-
-
-def resize_of(processor: ProcessorMixin | Any) -> Resize:
-    """The resize bounds a Qwen-VL processor applies to images, read from its image processor.
-
-    transformers 5 stores the pixel bounds as ``size={"shortest_edge": min_pixels, "longest_edge": max_pixels}``
-    (older releases and some configs as ``min_pixels`` / ``max_pixels`` attributes); both are accepted, ``size``
-    first since that is what the resize code reads. The grid factor is ``patch_size * merge_size``: one visual
-    token per ``factor x factor`` pixels (28 for Qwen2.5-VL, 32 for Qwen3-VL).
-
-    Args:
-        processor: a processor (``Qwen2_5_VLProcessor``, ``Qwen3VLProcessor``) or its image processor.
-
-    Returns:
-        The :class:`~trace_forge.grounding.Resize` that reproduces the processor's output size.
-
-    Raises:
-        ValueError: if the bounds or the patch geometry cannot be found.
-    """
-    image_processor = getattr(processor, "image_processor", processor)
-    size = getattr(image_processor, "size", None)
-    min_pixels = _get(size, "shortest_edge") or getattr(image_processor, "min_pixels", None)
-    max_pixels = _get(size, "longest_edge") or getattr(image_processor, "max_pixels", None)
-    patch_size = getattr(image_processor, "patch_size", None)
-    merge_size = getattr(image_processor, "merge_size", None)
-    if not all(isinstance(v, int) for v in (min_pixels, max_pixels, patch_size, merge_size)):
-        raise ValueError(
-            f"{type(image_processor).__name__} does not look like a Qwen-VL image processor: "
-            f"min_pixels={min_pixels}, max_pixels={max_pixels}, patch_size={patch_size}, merge_size={merge_size}"
-        )
-    return Resize(min_pixels=min_pixels, max_pixels=max_pixels, factor=patch_size * merge_size)
-
-
 def geometry_for(processor: ProcessorMixin | Any, width: int, height: int) -> ImageGeometry:
     """The :class:`~trace_forge.grounding.ImageGeometry` of a ``width x height`` image under ``processor``.
 
@@ -137,7 +98,7 @@ def geometry_for(processor: ProcessorMixin | Any, width: int, height: int) -> Im
         >>> (g.model_width, g.model_height)
         (504, 392)
     """
-    return resize_of(processor).geometry(width, height)
+    return Resize.of_processor(processor).geometry(width, height)
 
 
 def to_model_frame(

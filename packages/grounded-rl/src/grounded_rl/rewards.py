@@ -39,9 +39,8 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from grounded_rl.eval import score_answer
 from trace_forge.grounding import Box, Frame, ImageGeometry, Parsed, Point, ProblemCode, parse_response
-from trace_forge.tasks import AnswerKind, Sample, Task, get_task
+from trace_forge.tasks import AnswerKind, Sample, Task, get_task, score_answer
 
 __all__ = [
     "REWARDS",
@@ -228,7 +227,7 @@ def parse_dialog(completion: str | Sequence[Mapping[str, Any]], truth: Truth, ge
 def _score(truth: Truth, final: Parsed | None) -> float:
     """The official verifier on the final answer (point answers converted from the model's frame to pixels)."""
     answer = final.answer if final is not None else None
-    return score_answer(truth.task, truth.sample, answer, truth.geometry, truth.frame)
+    return score_answer(truth.task, truth.sample, answer, truth.geometry, truth.frame).score
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -21,12 +21,14 @@ from trace_forge.grounding.frames import (
     QWEN_FACTOR,
     QWEN_MAX_PIXELS,
     QWEN_MIN_PIXELS,
+    MODEL_TYPE_FRAMES,
     Frame,
     ImageGeometry,
     Resize,
+    View,
     smart_resize,
 )
-from trace_forge.grounding.steps import Box, Point, Step, Trajectory
+from trace_forge.grounding.steps import Box, Point, Step, Trajectory, format_point
 from trace_forge.grounding.zoom import GUI_ZOOM, VISUAL_SEARCH_ZOOM, CropBox, Zoom, ZoomSpec, zoom
 
 __all__ = [
@@ -58,8 +60,11 @@ __all__ = [
     "Frame",
     "ImageGeometry",
     "Point",
+    "MODEL_TYPE_FRAMES",
     "Resize",
+    "View",
     "Step",
     "Trajectory",
+    "format_point",
     "smart_resize",
 ]

@@ -20,7 +20,7 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from trace_forge.grounding.frames import Frame, ImageGeometry
-from trace_forge.grounding.steps import Point, Step, Trajectory
+from trace_forge.grounding.steps import LITERAL_RE, NUMBER, Point, Step, Trajectory, format_point, point_xy
 
 __all__ = [
     "DEFAULT_CONNECTOR",
@@ -31,9 +31,6 @@ __all__ = [
     "Problem",
     "ProblemCode",
     "ToolCall",
-    "anchor_text",
-    "format_point",
-    "move_anchor",
     "parse_point",
     "parse_response",
     "render_answer",
@@ -75,10 +72,7 @@ _EXPECTS = ("single", "step", "turn")
 _THINK, _ANSWER, _TOOL_CALL = "think", "answer", "tool_call"
 # Whitespace inside the brackets is tolerated; case is not, because models emit exactly these lowercase tags.
 _TAG_RE = re.compile(r"<\s*(/?)\s*(think|answer|tool_call)\s*>")
-# Digits are capped so a literal never turns into a number too large to round (int/float overflow).
-_NUM = r"-?[0-9]{1,12}(?:\.[0-9]+)?"
-_LITERAL_RE = re.compile(rf"\(\s*({_NUM})\s*,\s*({_NUM})\s*\)", re.ASCII)
-_ANSWER_POINT_RE = re.compile(rf"[(\[]?\s*({_NUM})\s*,\s*({_NUM})\s*[)\]]?\s*\.?", re.ASCII)
+_ANSWER_POINT_RE = re.compile(rf"[(\[]?\s*({NUMBER})\s*,\s*({NUMBER})\s*[)\]]?\s*\.?", re.ASCII)
 # One character each, not runs: a run pattern rescans a long "......" from every start, quadratically.
 _SENTENCE_END_RE = re.compile(r"[.!?](?=\s)")
 _CLAUSE_END_RE = re.compile(r"[,;:](?=\s)")
@@ -167,48 +161,6 @@ class Parsed:
 # ---------------------------------------------------------------------------------------------------------------
 # Point literals
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def _xy(point: Point | tuple[float, float]) -> tuple[int, int]:
-    return point.rounded() if isinstance(point, Point) else (round(point[0]), round(point[1]))
-
-
-def format_point(point: Point | tuple[float, float]) -> str:
-    """The text literal of a point: its rounded coordinates as ``"(x, y)"``.
-
-    Example:
-        >>> format_point(Point(411.6, 230.2))
-        '(412, 230)'
-    """
-    x, y = _xy(point)
-    return f"({x}, {y})"
-
-
-def _literal_re(xy: tuple[int, int]) -> re.Pattern[str]:
-    x, y = (re.escape(str(v)) for v in xy)
-    return re.compile(rf"\(\s*{x}\s*,\s*{y}\s*\)")
-
-
-def anchor_text(text: str, point: Point) -> str:
-    """``text`` with the literal of ``point`` appended (after a space) unless the text already writes it.
-
-    Example:
-        >>> anchor_text("The red mug", Point(412, 230))
-        'The red mug (412, 230)'
-    """
-    if _literal_re(point.rounded()).search(text):
-        return text
-    return f"{text} {format_point(point)}" if text else format_point(point)
-
-
-def move_anchor(text: str, old: Point, new: Point) -> str:
-    """``text`` with every literal of ``old``'s rounded point rewritten as ``new``'s rounded point.
-
-    Example:
-        >>> move_anchor("The mug (412, 230).", Point(412, 230), Point(206, 115))
-        'The mug (206, 115).'
-    """
-    return _literal_re(old.rounded()).sub(format_point(new), text)
 
 
 def parse_point(text: str, frame: Frame | str = Frame.PIXEL) -> Point | None:
@@ -303,7 +255,7 @@ def render_zoom_turn(thought: str, point: Point | tuple[float, float]) -> str:
         {"name": "zoom", "arguments": {"point": [40, 12]}}
         </tool_call>
     """
-    call = json.dumps({"name": ZOOM_TOOL_NAME, "arguments": {"point": list(_xy(point))}})
+    call = json.dumps({"name": ZOOM_TOOL_NAME, "arguments": {"point": list(point_xy(point))}})
     return f"<think> {thought} </think>\n<tool_call>\n{call}\n</tool_call>"
 
 
@@ -404,7 +356,7 @@ def _split_steps(content: str, frame: Frame) -> list[tuple[Step, bool]]:
     right after its literal. Text before the first literal belongs to the first step, text after the last to the
     last step, so rendered steps whose texts end with their literals parse back to the same texts.
     """
-    matches = list(_LITERAL_RE.finditer(content))
+    matches = list(LITERAL_RE.finditer(content))
     steps: list[tuple[Step, bool]] = []
     start = 0
     for i, m in enumerate(matches):

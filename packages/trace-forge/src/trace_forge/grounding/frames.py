@@ -7,23 +7,34 @@ A point always says which frame it is in:
   and the model's ``min_pixels`` / ``max_pixels``). Qwen2.5-VL reads and writes points in this frame.
 - ``norm1000``: the 0-1000 grid of Qwen2-VL / Qwen3-VL, independent of the image size.
 
-Every frame is treated as a grid of cells whose *centres* are the integer coordinates, so a conversion maps the
-centre of a cell to the centre of the matching region (the same convention PIL's resampling uses). Pixel ``i`` of
-an image of width ``W`` sits at the normalised position ``u = (i + 0.5) / W``; in a frame of width ``w`` it is at
-``u * w - 0.5``. Conversions are affine and exactly invertible; rounding happens only when a point is rendered as
-text.
+Two conversions exist, each exactly invertible, with rounding only when a point is written as text:
+
+- :meth:`ImageGeometry.convert` treats a frame as a grid of cells whose *centres* are the integer coordinates and
+  maps the centre of a cell to the centre of the matching region (PIL's resampling convention): pixel ``i`` of an
+  image of width ``W`` sits at ``u = (i + 0.5) / W``, which is ``u * w - 0.5`` in a frame of width ``w``. Stored
+  steps and drawings use it.
+- :meth:`ImageGeometry.scale` maps positions as the benchmarks' official scripts do, ``x * W / w`` (``x / 1000 * W``
+  from the 0-1000 grid). Scoring uses it, so a point near a box edge is judged as the official scripts judge it.
+
+:class:`View` says how a model sees images: the frame it writes points in, and the resize that defines ``model``.
 """
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
+from typing import Any
 
 __all__ = [
     "Frame",
     "Resize",
     "ImageGeometry",
+    "View",
+    "MODEL_TYPE_FRAMES",
     "smart_resize",
     "QWEN_FACTOR",
     "QWEN_MIN_PIXELS",
@@ -43,6 +54,15 @@ class Frame(StrEnum):
     PIXEL = "pixel"
     MODEL = "model"
     NORM1000 = "norm1000"
+
+
+# config.json ``model_type`` -> the frame that model family reads and writes points in. Qwen2.5-VL uses absolute
+# pixels of the image as its processor resized it; Qwen3-VL (and its MoE variant) a 0-1000 grid.
+MODEL_TYPE_FRAMES: Mapping[str, Frame] = {
+    "qwen2_5_vl": Frame.MODEL,
+    "qwen3_vl": Frame.NORM1000,
+    "qwen3_vl_moe": Frame.NORM1000,
+}
 
 
 def smart_resize(
@@ -103,6 +123,42 @@ class Resize:
         mw, mh = self.model_size(width, height)
         return ImageGeometry(width=width, height=height, model_width=mw, model_height=mh)
 
+    @classmethod
+    def of_processor(cls, processor: Any) -> Resize:
+        """The resize a Qwen-VL-style image processor applies, from the processor, its image processor, or the
+        mapping of its ``preprocessor_config.json``.
+
+        transformers 5 keeps the pixel bounds in ``size`` (``shortest_edge`` = min pixels, ``longest_edge`` = max
+        pixels), older configs in ``min_pixels`` / ``max_pixels``; ``size`` wins, since the resize code reads it.
+        The grid factor is ``patch_size * merge_size`` (one visual token per ``factor x factor`` pixels).
+
+        Raises:
+            ValueError: the bounds or the patch geometry are missing (not a Qwen-VL-style processor).
+
+        Example:
+            >>> Resize.of_processor({"size": {"shortest_edge": 3136, "longest_edge": 200704}, "patch_size": 14,
+            ...                      "merge_size": 2})
+            Resize(min_pixels=3136, max_pixels=200704, factor=28)
+        """
+        source = getattr(processor, "image_processor", processor)
+
+        def read(container: Any, key: str) -> Any:
+            if container is None:
+                return None
+            return container.get(key) if isinstance(container, Mapping) else getattr(container, key, None)
+
+        size = read(source, "size")
+        min_pixels = read(size, "shortest_edge") or read(source, "min_pixels")
+        max_pixels = read(size, "longest_edge") or read(source, "max_pixels")
+        patch, merge = read(source, "patch_size"), read(source, "merge_size")
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (min_pixels, max_pixels, patch, merge)):
+            raise ValueError(
+                f"cannot read the image resize of {type(source).__name__} (min_pixels={min_pixels}, "
+                f"max_pixels={max_pixels}, patch_size={patch}, merge_size={merge}); a Qwen-VL-style processor is "
+                "needed"
+            )
+        return cls(min_pixels=min_pixels, max_pixels=max_pixels, factor=patch * merge)
+
 
 @dataclass(frozen=True)
 class ImageGeometry:
@@ -139,6 +195,18 @@ class ImageGeometry:
         dw, dh = self.size(dst)
         return (x + 0.5) * dw / sw - 0.5, (y + 0.5) * dh / sh - 0.5
 
+    def scale(self, x: float, y: float, src: Frame | str, dst: Frame | str) -> tuple[float, float]:
+        """Map ``(x, y)`` from frame ``src`` to frame ``dst`` as positions, ``x * dst_width / src_width``: the
+        mapping of the official ScreenSpot and ViGoRL scripts, used for scoring.
+
+        Example:
+            >>> ImageGeometry(3840, 2160, 1316, 728).scale(1000, 500, "norm1000", "pixel")
+            (3840.0, 1080.0)
+        """
+        sw, sh = self.size(src)
+        dw, dh = self.size(dst)
+        return x * dw / sw, y * dh / sh
+
     def contains(self, x: float, y: float, frame: Frame | str) -> bool:
         """Whether ``(x, y)`` lies on the image in ``frame``.
 
@@ -149,3 +217,63 @@ class ImageGeometry:
         if Frame(frame) is Frame.NORM1000:
             return 0 <= x <= w and 0 <= y <= h
         return 0 <= x <= w - 1 and 0 <= y <= h - 1
+
+
+@dataclass(frozen=True)
+class View:
+    """How a model sees images: the frame it writes points in, and the resize that defines its ``model`` frame.
+
+    Attributes:
+        frame: ``model`` (pixels of the image as the model sees it), ``norm1000``, or ``pixel`` (original pixels).
+        resize: the bounds the model's processor resizes images with; None when images are seen as they are, so
+            ``model`` pixels are original pixels.
+
+    Example:
+        >>> view = View(Frame.MODEL, Resize(max_pixels=200_704))
+        >>> g = view.geometry(1000, 500)
+        >>> (g.model_width, g.model_height)
+        (616, 308)
+    """
+
+    frame: Frame
+    resize: Resize | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "frame", Frame(self.frame))
+
+    def geometry(self, width: int, height: int) -> ImageGeometry:
+        """The frames of a ``width x height`` image as this model sees it."""
+        if self.resize is None:
+            return ImageGeometry(width, height, width, height)
+        return self.resize.geometry(width, height)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, read back by :meth:`from_dict`."""
+        resize = None if self.resize is None else {
+            "min_pixels": self.resize.min_pixels, "max_pixels": self.resize.max_pixels, "factor": self.resize.factor}
+        return {"frame": self.frame.value, "resize": resize}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> View:
+        resize = d.get("resize")
+        return cls(Frame(d["frame"]), Resize(**resize) if resize else None)
+
+    @classmethod
+    def of_checkpoint(cls, path: str | Path) -> View:
+        """The view of a local checkpoint, from its ``config.json`` (``model_type``) and
+        ``preprocessor_config.json`` (resize bounds), without loading transformers.
+
+        Raises:
+            ValueError: a file is missing or unreadable, or the model type is not a supported family.
+        """
+        root = Path(path)
+        try:
+            model_type = json.loads((root / "config.json").read_text(encoding="utf-8")).get("model_type")
+            processor = json.loads((root / "preprocessor_config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{root}: not a checkpoint with config.json and preprocessor_config.json ({e})") from e
+        if model_type not in MODEL_TYPE_FRAMES:
+            raise ValueError(
+                f"{root}: model_type {model_type!r} is not a supported family ({', '.join(MODEL_TYPE_FRAMES)})"
+            )
+        return cls(MODEL_TYPE_FRAMES[model_type], Resize.of_processor(processor))

@@ -7,12 +7,18 @@ uses. Points are stored as floats with their frame; text rendering rounds them.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from trace_forge.grounding.frames import Frame, ImageGeometry
 
-__all__ = ["Point", "Box", "Step", "Trajectory"]
+__all__ = ["Point", "Box", "Step", "Trajectory", "format_point", "point_xy", "anchor_text", "move_anchor"]
+
+# Digits are capped so a literal never turns into a number too large to round (int/float overflow).
+NUMBER = r"-?[0-9]{1,12}(?:\.[0-9]+)?"
+# The inline literal "(x, y)" that anchors a step to its point; floats are matched so that parsers can report them.
+LITERAL_RE = re.compile(rf"\(\s*({NUMBER})\s*,\s*({NUMBER})\s*\)", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -88,9 +94,9 @@ class Box:
         frame = Frame(frame)
         if frame is self.frame:
             return self
-        sw, sh = geometry.size(self.frame)
-        dw, dh = geometry.size(frame)
-        return Box(self.x1 * dw / sw, self.y1 * dh / sh, self.x2 * dw / sw, self.y2 * dh / sh, frame)
+        x1, y1 = geometry.scale(self.x1, self.y1, self.frame, frame)
+        x2, y2 = geometry.scale(self.x2, self.y2, self.frame, frame)
+        return Box(x1, y1, x2, y2, frame)
 
     def to_list(self) -> list[float]:
         return [self.x1, self.y1, self.x2, self.y2]
@@ -105,14 +111,10 @@ class Step:
 
     def render(self) -> str:
         """The thought as model text: ``text``, with the point's literal ``(x, y)`` appended if it lacks one."""
-        from trace_forge.grounding.format import anchor_text  # the text format builds on this module
-
         return anchor_text(self.text, self.point)
 
     def to(self, frame: Frame | str, geometry: ImageGeometry) -> Step:
         """This step in another frame: the point converted and its literal in the text rewritten to match."""
-        from trace_forge.grounding.format import move_anchor  # the text format builds on this module
-
         point = self.point.to(frame, geometry)
         if point is self.point:
             return self
@@ -143,3 +145,53 @@ class Trajectory:
         answer = self.answer.to(frame, geometry) if isinstance(self.answer, Point) else self.answer
         steps = tuple(s.to(frame, geometry) for s in self.steps)
         return Trajectory(steps, answer, dict(self.meta))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Point literals: how a point is written inside a step's text
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def point_xy(point: Point | tuple[float, float]) -> tuple[int, int]:
+    """The integer coordinates a point is written with (round half to even, like Python's ``round``)."""
+    return point.rounded() if isinstance(point, Point) else (round(point[0]), round(point[1]))
+
+
+def format_point(point: Point | tuple[float, float]) -> str:
+    """The text literal of a point: its rounded coordinates as ``"(x, y)"``.
+
+    Example:
+        >>> format_point(Point(411.6, 230.2))
+        '(412, 230)'
+    """
+    x, y = point_xy(point)
+    return f"({x}, {y})"
+
+
+def _writes(match: re.Match[str], xy: tuple[int, int]) -> bool:
+    """Whether a literal match is the integer literal of ``xy`` (a float literal never is)."""
+    return "." not in match[1] and "." not in match[2] and (int(match[1]), int(match[2])) == xy
+
+
+def anchor_text(text: str, point: Point) -> str:
+    """``text`` with the literal of ``point`` appended (after a space) unless the text already writes it.
+
+    Example:
+        >>> anchor_text("The red mug", Point(412, 230))
+        'The red mug (412, 230)'
+    """
+    xy = point.rounded()
+    if any(_writes(m, xy) for m in LITERAL_RE.finditer(text)):
+        return text
+    return f"{text} {format_point(point)}" if text else format_point(point)
+
+
+def move_anchor(text: str, old: Point, new: Point) -> str:
+    """``text`` with every literal of ``old``'s rounded point rewritten as ``new``'s rounded point.
+
+    Example:
+        >>> move_anchor("The mug (412, 230).", Point(412, 230), Point(206, 115))
+        'The mug (206, 115).'
+    """
+    xy, literal = old.rounded(), format_point(new)
+    return LITERAL_RE.sub(lambda m: literal if _writes(m, xy) else m[0], text)

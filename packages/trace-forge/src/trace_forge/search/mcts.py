@@ -33,12 +33,12 @@ from typing import Any
 
 from trace_forge.errors import TraceForgeError
 from trace_forge.grounding import Frame, ImageGeometry, Point, Step
-from trace_forge.grounding.format import ProblemCode, format_point, parse_response
+from trace_forge.grounding import ProblemCode, format_point, parse_response
 from trace_forge.search.store import RunStore
 from trace_forge.search.tree import Node, Rollout, Tree, backup, correct_trajectories, select
-from trace_forge.tasks import AnswerKind, Sample, Task
+from trace_forge.tasks import AnswerKind, Sample, Task, score_answer
 from trace_forge.tasks.prompts import PROMPT_VERSION, prompts_for
-from trace_forge.tasks.scoring import parse_point as parse_answer_point
+from trace_forge.tasks.scoring import official_point
 from trace_forge.teachers import Completion, ImageRef, Message, SamplingParams, TeacherClient
 from trace_forge.teachers.errors import TeacherError, TeacherFormatError
 
@@ -319,14 +319,16 @@ class QuestionSearch:
         return _Read(step=step.to(Frame.PIXEL, self.geometry))
 
     def _judge(self, answer: str) -> tuple[str, float]:
-        """The stored answer text and its 0/1 score; point answers are converted to the pixel frame first."""
-        if self.sample.answer_kind is AnswerKind.POINT:
-            xy = parse_answer_point(answer)
-            if xy is None:
-                return answer, 0.0
-            point = Point(*xy, TEACHER_FRAME).to(Frame.PIXEL, self.geometry)
-            return format_point(point), float(self.task.score(self.sample, point))
-        return answer, float(self.task.score(self.sample, answer))
+        """The stored answer text and its official score (:func:`~trace_forge.tasks.score_answer`).
+
+        A point answer is stored as its literal in the pixel frame, converted like the steps' points, so it reads
+        back in the teacher's frame exactly as the teacher wrote it.
+        """
+        score = score_answer(self.task, self.sample, answer, self.geometry, TEACHER_FRAME).score
+        xy = official_point(answer) if self.sample.answer_kind is AnswerKind.POINT else None
+        if xy is not None:
+            answer = format_point(Point(*xy, TEACHER_FRAME).to(Frame.PIXEL, self.geometry))
+        return answer, float(score)
 
     def _teacher_xy(self, point: Point) -> tuple[int, int]:
         return point.to(TEACHER_FRAME, self.geometry).rounded()

@@ -4,7 +4,8 @@ Importing this package registers every task; pick one with :func:`get_task` (``t
 """
 
 from trace_forge.tasks import blink, generic, sat, screenspot, vstar  # noqa: F401  (registers the tasks)
-from trace_forge.tasks.base import Task, get_task, task_names
+from trace_forge.tasks.base import Task, TaskSpec, get_task, task_names
 from trace_forge.tasks.sample import AnswerKind, Sample
+from trace_forge.tasks.scoring import Verdict, score_answer
 
-__all__ = ["AnswerKind", "Sample", "Task", "get_task", "task_names"]
+__all__ = ["AnswerKind", "Sample", "Task", "TaskSpec", "Verdict", "get_task", "score_answer", "task_names"]

@@ -1,21 +1,59 @@
-"""The task interface and registry: load samples, prompt for them, score answers, aggregate scores."""
+"""The task interface and registry: load samples, prompt for them, score answers, aggregate scores.
+
+A task is named everywhere by its :class:`TaskSpec` (registry name + options), so a stage downstream of the search
+rebuilds exactly the task the questions came from, with its options (a generic task's column map, SAT-2's
+circular protocol).
+"""
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from trace_forge.errors import ConfigError
 from trace_forge.grounding import Point
 from trace_forge.grounding.zoom import VISUAL_SEARCH_ZOOM, ZoomSpec
+from trace_forge.tasks import scoring
 from trace_forge.tasks.sample import AnswerKind, Sample
 
-__all__ = ["Task", "register", "get_task", "task_names"]
+__all__ = ["Task", "TaskSpec", "register", "get_task", "task_names"]
 
 _REGISTRY: dict[str, type[Task]] = {}
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A task as stored and passed between stages: its registry name and the options it was built with.
+
+    Example:
+        >>> spec = TaskSpec("sat2", {"circular": True})
+        >>> spec.to_dict(), spec.build().circular
+        ({'name': 'sat2', 'options': {'circular': True}}, True)
+    """
+
+    name: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def build(self) -> Task:
+        """The task; an option its constructor does not take is a :class:`ConfigError`."""
+        return get_task(self.name, **self.options)
+
+    @property
+    def key(self) -> str:
+        """Canonical JSON of the spec: equal specs, equal keys."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "options": dict(self.options)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TaskSpec:
+        return cls(str(d["name"]), dict(d.get("options") or {}))
 
 
 class Task(ABC):
@@ -36,6 +74,11 @@ class Task(ABC):
         self.options = options
         self.skipped: Counter[str] = Counter()  # records the last load() skipped, by reason
 
+    @property
+    def spec(self) -> TaskSpec:
+        """The name and options that rebuild this task."""
+        return TaskSpec(self.name, dict(self.options))
+
     @abstractmethod
     def load(
         self,
@@ -50,9 +93,26 @@ class Task(ABC):
         in which case the bad record is skipped and counted in :attr:`skipped`.
         """
 
-    @abstractmethod
+    def choose(self, sample: Sample, answer: str) -> int | None:
+        """The option an answer selects (index into ``sample.options``), or None: :func:`scoring.choose_option`
+        unless the benchmark's official script reads answers differently."""
+        return scoring.choose_option(answer, sample.options)
+
     def score(self, sample: Sample, answer: str | Point | None) -> float:
-        """Official score of one final answer (already extracted from ``<answer>``) for ``sample``."""
+        """Official score of one final answer (already extracted from ``<answer>``) for ``sample``.
+
+        OPTION: the answer must select the correct option (:meth:`choose`); POINT: the point, in the pixel frame
+        of :meth:`Sample.canvas`, must fall in a target box; TEXT: normalised exact match. A point given to an
+        option or text question scores 0. Use :func:`~trace_forge.tasks.score_answer` for model text written in
+        another frame.
+        """
+        if sample.answer_kind is AnswerKind.POINT:
+            return scoring.score_point(answer, sample.target_boxes)
+        text = answer if isinstance(answer, str) else None
+        if sample.answer_kind is AnswerKind.OPTION:
+            index = self.choose(sample, text) if text else None
+            return scoring.score_choice(index, sample.options, sample.answer or "")
+        return scoring.score_text(text, sample.answer or "")
 
     @abstractmethod
     def aggregate(self, results: Sequence[tuple[Sample, float]]) -> dict[str, float]:
@@ -72,9 +132,16 @@ def task_names() -> list[str]:
 
 
 def get_task(name: str, **options: Any) -> Task:
-    """Instantiate a registered task by name; unknown names raise :class:`ConfigError` listing the known ones."""
+    """Instantiate a registered task by name.
+
+    Raises:
+        ConfigError: an unknown name (the known ones are listed) or an option the task does not take.
+    """
     try:
         cls = _REGISTRY[name]
     except KeyError:
         raise ConfigError(f"unknown task {name!r}; known tasks: {', '.join(task_names())}") from None
-    return cls(**options)
+    try:
+        return cls(**options)
+    except TypeError as e:  # an option the task's constructor does not take
+        raise ConfigError(f"bad option for task {name!r}: {e}") from None

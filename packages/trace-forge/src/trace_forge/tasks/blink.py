@@ -4,6 +4,11 @@ Layout: one folder per subtask (``Art_Style/``, ``Counting/``, ...) holding ``<s
 ``<split>-*.parquet``; columns ``idx``, ``question``, ``prompt`` (full text with options), ``choices``, ``answer``
 (``"(A)"`` ... ``"(E)"``), ``sub_task`` and ``image_1`` ... ``image_4`` (None where unused). The test split's answers
 are ``"hidden"``: such rows cannot be scored, so they are skipped and counted under ``"hidden answer"``.
+
+Answers are read as the official ``analyze_answer`` (``eval/test_benchmark.py`` of zeyofu/BLINK_Benchmark) reads
+them: a bare letter or ``"(X)"``; else the one ``"(X)"`` token of the last paragraph, or of the whole answer. Where
+the official script would ask GPT-3.5 to match the answer to an option, the answer is matched without a judge
+(:func:`~trace_forge.tasks.scoring.choose_option`: the option's text, or a letter with a lead-in).
 """
 
 from __future__ import annotations
@@ -15,10 +20,8 @@ from operator import attrgetter
 from pathlib import Path
 
 from trace_forge.errors import ConfigError, DataError
-from trace_forge.grounding import Point
-from trace_forge.tasks import metrics
+from trace_forge.tasks import metrics, scoring
 from trace_forge.tasks.base import Task, register
-from trace_forge.tasks.generic import score_by_kind
 from trace_forge.tasks.io import (
     Record,
     SkipPolicy,
@@ -127,10 +130,36 @@ class Blink(Task):
             meta={"prompt": rec.data.get("prompt", ""), "answer_label": label},
         )
 
-    def score(self, sample: Sample, answer: str | Point | None) -> float:
-        return score_by_kind(sample, answer)
+
+    def choose(self, sample: Sample, answer: str) -> int | None:
+        """The official reading (see the module docstring), then the judge-free match.
+
+        Example:
+            >>> s = Sample("q", "blink", [], "Which is closer?", AnswerKind.OPTION, ["point A", "point B"], "point B")
+            >>> Blink().choose(s, "Point B is closer, so the answer is (B) because of the shadow.")
+            1
+        """
+        official = _official_choice(answer, len(sample.options))
+        return official if official is not None else scoring.choose_option(answer, sample.options)
 
     def aggregate(self, results: Sequence[tuple[Sample, float]]) -> dict[str, float]:
         """One accuracy per subtask and ``overall``, their unweighted mean."""
         subtasks = metrics.group_means(results, attrgetter("category"))
         return {"overall": metrics.macro(subtasks), **subtasks}
+
+
+def _official_choice(answer: str, n_options: int) -> int | None:
+    """``analyze_answer``'s deterministic part; None where it would hand the answer to its GPT judge."""
+    letters = [f"({chr(ord('A') + i)})" for i in range(n_options)]
+    text = answer.strip()
+    if text in letters:
+        return letters.index(text)
+    if f"({text})" in letters:
+        return letters.index(f"({text})")
+    tokens = [t for t in letters if t in text.split()]
+    last = [t for t in letters if t in text.split("\n\n")[-1].split()]
+    if len(last) == 1:
+        return letters.index(last[0])
+    if len(tokens) == 1:
+        return letters.index(tokens[0])
+    return None

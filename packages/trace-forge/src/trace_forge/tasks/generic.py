@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from trace_forge.errors import ConfigError
-from trace_forge.grounding import Box, Point
-from trace_forge.tasks import metrics, scoring
+from trace_forge.grounding import Box
+from trace_forge.tasks import metrics
 from trace_forge.tasks.base import Task, register
 from trace_forge.tasks.io import (
     Record,
@@ -34,23 +34,9 @@ from trace_forge.tasks.io import (
 )
 from trace_forge.tasks.sample import AnswerKind, Sample
 
-__all__ = ["ColumnMap", "GenericTask", "score_by_kind"]
+__all__ = ["ColumnMap", "GenericTask"]
 
 _BOX_FORMATS = ("xyxy", "xywh")
-
-
-def score_by_kind(sample: Sample, answer: str | Point | None) -> float:
-    """Score an answer with the verifier of the sample's answer kind (``tasks.scoring``).
-
-    OPTION: the answer must select the correct option; POINT: the point (pixel frame of :meth:`Sample.canvas`) must
-    fall in a target box; TEXT: normalised exact match. A Point given to an option or text question scores 0.
-    """
-    if sample.answer_kind is AnswerKind.POINT:
-        return scoring.score_point(answer, sample.target_boxes)
-    text = answer if isinstance(answer, str) else None
-    if sample.answer_kind is AnswerKind.OPTION:
-        return scoring.score_option(text, sample.options, sample.answer or "")
-    return scoring.score_text(text, sample.answer or "")
 
 
 @dataclass(frozen=True)
@@ -217,8 +203,6 @@ class GenericTask(Task):
             raise rec.error(f"field {column!r} must be a box or a list of boxes, got {value!r}", f"bad field {column!r}")
         return [rec.box(v, self.box_format, field=column) for v in values]
 
-    def score(self, sample: Sample, answer: str | Point | None) -> float:
-        return score_by_kind(sample, answer)
 
     def aggregate(self, results: Sequence[tuple[Sample, float]]) -> dict[str, float]:
         """``overall``: micro accuracy; one entry per category when the data has categories."""

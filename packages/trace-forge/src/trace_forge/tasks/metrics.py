@@ -3,7 +3,8 @@
 Benchmarks disagree on what "overall" means, and the difference moves headline numbers: V*Bench and
 ScreenSpot-Pro report the micro mean over samples (:func:`mean`), SeeClick's ScreenSpot "Average" is the unweighted
 mean of its six platform x type cells and BLINK's "Total" the unweighted mean of its subtasks (:func:`macro` of
-:func:`group_means`), and SAT recommends circular evaluation (:func:`circular`). Task loaders pick the official one.
+:func:`group_means`), and SAT's circular evaluation averages every rotation of every question as an item
+(:func:`mean`; :func:`all_rotations` is the stricter per-question reading). Task loaders pick the official one.
 
 Empty inputs raise ``ValueError`` instead of returning 0.0: an empty category reported as 0% looks like a real
 (terrible) result, whereas it is a loading bug.
@@ -16,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from trace_forge.tasks.sample import Sample
 
-__all__ = ["mean", "group_means", "macro", "circular", "pass_at_k", "avg_at_k"]
+__all__ = ["mean", "group_means", "macro", "all_rotations", "pass_at_k", "avg_at_k"]
 
 
 def mean(scores: Iterable[float]) -> float:
@@ -65,22 +66,23 @@ def macro(means: Mapping[str, float]) -> float:
     return mean(means.values())
 
 
-def circular(results: Sequence[tuple[Sample, float]]) -> dict[str, float]:
-    """Circular accuracy: a question counts as right only if every rotation of its options was answered right.
+def all_rotations(results: Sequence[tuple[Sample, float]]) -> dict[str, float]:
+    """The strict reading of circular evaluation: the share of questions whose *every* rotation was answered right.
 
-    Each rotated copy of a question carries the same ``sample.meta["circular_group"]``; a group scores 1 only when
-    all its members scored 1.0, which cancels the credit a model gets from always picking the same position.
+    SAT's own circular evaluation scores each rotation as an item of its own and averages them (the micro mean over
+    rotated samples, :func:`mean`); this stricter number is reported beside it. Rotated copies of a question share
+    ``sample.meta["circular_group"]``.
 
     Returns:
-        ``{"circular": mean over groups, "circular_n": number of groups}``.
+        ``{"all_rotations": share of questions, "questions": number of questions}``.
 
     Raises:
         ValueError: when ``results`` is empty or a sample has no ``circular_group`` (names the sample).
 
     Example:
         >>> rot = [Sample(f"q1-{i}", "t", [], "q", "option", meta={"circular_group": "q1"}) for i in range(2)]
-        >>> circular([(rot[0], 1.0), (rot[1], 0.0)])
-        {'circular': 0.0, 'circular_n': 1.0}
+        >>> all_rotations([(rot[0], 1.0), (rot[1], 0.0)])
+        {'all_rotations': 0.0, 'questions': 1.0}
     """
     groups: dict[str, bool] = {}
     for sample, score in results:
@@ -89,7 +91,7 @@ def circular(results: Sequence[tuple[Sample, float]]) -> dict[str, float]:
         except KeyError:
             raise ValueError(f"sample {sample.id!r} has no meta['circular_group']") from None
         groups[group] = groups.get(group, True) and score >= 1.0
-    return {"circular": mean(float(ok) for ok in groups.values()), "circular_n": float(len(groups))}
+    return {"all_rotations": mean(float(ok) for ok in groups.values()), "questions": float(len(groups))}
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

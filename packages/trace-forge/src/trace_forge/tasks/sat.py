@@ -5,8 +5,9 @@ Files: ``<split>.parquet``, ``<split>-*.parquet`` or ``<split>.jsonl``, in the d
 choice's *text*) and ``question_type``. JSONL image entries are paths relative to the file.
 
 With ``circular=True`` each question becomes one sample per rotation of its choices, so the correct answer visits
-every position (the evaluation the SAT card recommends and the paper uses); a question counts as correct only
-if all its rotations are.
+every position: the circular evaluation the SAT card recommends ("test with all positions of the correct answer
+among answer choices") and the paper reports. SAT's code scores every rotation as an item and averages them, which
+is ``overall`` here; ``all_rotations`` is the stricter share of questions answered right in every rotation.
 """
 
 from __future__ import annotations
@@ -17,10 +18,8 @@ from itertools import chain, islice
 from operator import attrgetter
 from pathlib import Path
 
-from trace_forge.grounding import Point
 from trace_forge.tasks import metrics
 from trace_forge.tasks.base import Task, register
-from trace_forge.tasks.generic import score_by_kind
 from trace_forge.tasks.io import Record, SkipPolicy, find_split_files, resolve_root, table_records
 from trace_forge.tasks.sample import AnswerKind, Sample
 
@@ -108,16 +107,15 @@ class SAT2(Task):
             source=rec.source,
         )
 
-    def score(self, sample: Sample, answer: str | Point | None) -> float:
-        return score_by_kind(sample, answer)
 
     def aggregate(self, results: Sequence[tuple[Sample, float]]) -> dict[str, float]:
-        """``overall`` micro accuracy and one entry per question type; with ``circular``, also ``circular`` (a
-        question scores only if every rotation is right) and ``circular_n`` (questions)."""
+        """``overall``: micro accuracy over the samples (with ``circular``, over every rotation: SAT's circular
+        accuracy), and one entry per question type; with ``circular``, also ``all_rotations`` (the share of
+        questions right in every rotation) and ``questions``."""
         out = {
             "overall": metrics.mean([score for _, score in results]),
             **metrics.group_means(results, attrgetter("category")),
         }
         if self.circular:
-            out.update(metrics.circular(results))
+            out.update(metrics.all_rotations(results))
         return out

@@ -1,6 +1,11 @@
-"""Official verifiers: score one final answer (the text inside ``<answer>``) against a sample's ground truth.
+"""Official verifiers, and the one function every stage scores a model's answer with.
 
-Each function returns 0.0 or 1.0 and never raises on a bad *prediction* (a malformed answer is simply wrong), but
+:func:`score_answer` is what the search (teacher answers), the GRPO rewards and evaluation call: the text inside
+``<answer>``, the sample, and the frame the model saw the image in, to a :class:`Verdict`. Point answers are read as
+the official grounding scripts read them (:func:`official_point`) and mapped to the sample's pixels as they map
+them (``x * W / w``, :meth:`~trace_forge.grounding.ImageGeometry.scale`), then judged by the task.
+
+The verifiers below it return 0.0 or 1.0 and never raises on a bad *prediction* (a malformed answer is simply wrong), but
 does raise ``ValueError`` on bad *ground truth*, because a silently unwinnable question would bias a benchmark.
 
 The rules follow the benchmarks' official scripts (``shared/reference/benchmarks.md``), except where ViGoRL's judges
@@ -12,10 +17,25 @@ from __future__ import annotations
 
 import re
 import string
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from trace_forge.grounding import Box, Point
+from trace_forge.grounding import Box, Frame, ImageGeometry, Point
+from trace_forge.tasks.sample import AnswerKind, Sample
 
-__all__ = ["choose_option", "score_option", "score_point", "score_text", "parse_point"]
+if TYPE_CHECKING:
+    from trace_forge.tasks.base import Task
+
+__all__ = [
+    "Verdict",
+    "score_answer",
+    "choose_option",
+    "score_choice",
+    "score_option",
+    "score_point",
+    "score_text",
+    "official_point",
+]
 
 # "Answer: B", "The final answer is (B)", "Option B" -> "B" / "(B)": wrappers models add around a choice.
 _LEAD_IN = re.compile(r"^(?:the\s+)?(?:final\s+)?(?:answer|option|choice)(?:\s+is)?\s*[:\-]?\s*", re.IGNORECASE)
@@ -86,6 +106,18 @@ def _letter_choice(text: str, norms: list[str]) -> int | None:
     return index
 
 
+def score_choice(index: int | None, options: list[str], answer: str) -> float:
+    """1.0 iff option ``index`` is the correct one (``answer`` is its text), else 0.0; None (no choice) scores 0.
+
+    Raises:
+        ValueError: when ``options`` is empty or ``answer`` is not one of them.
+    """
+    norms = [_norm_option(o) for o in options]
+    if _norm_option(answer) not in norms:
+        raise ValueError(f"answer {answer!r} is not one of the options {options!r}")
+    return float(index is not None and norms[index] == _norm_option(answer))
+
+
 def score_option(pred: str | None, options: list[str], answer: str) -> float:
     """1.0 iff ``pred`` selects the correct option (rules in :func:`choose_option`), else 0.0.
 
@@ -105,14 +137,10 @@ def score_option(pred: str | None, options: list[str], answer: str) -> float:
         >>> score_option("A and B", ["left", "right"], "right")
         0.0
     """
-    norms = [_norm_option(o) for o in options]
-    if _norm_option(answer) not in norms:
-        raise ValueError(f"answer {answer!r} is not one of the options {options!r}")
-    index = choose_option(pred, options)
-    return float(index is not None and norms[index] == _norm_option(answer))
+    return score_choice(choose_option(pred, options), options, answer)
 
 
-def parse_point(text: str) -> tuple[float, float] | None:
+def official_point(text: str) -> tuple[float, float] | None:
     """Read a point the way the official ScreenSpot scripts do: every number in the text, 2 -> a point, 4 -> the
     centre of the box ``(x1, y1, x2, y2)``; any other count -> None.
 
@@ -120,11 +148,11 @@ def parse_point(text: str) -> tuple[float, float] | None:
     format reward, not of accuracy.
 
     Example:
-        >>> parse_point("(12, 34)")
+        >>> official_point("(12, 34)")
         (12.0, 34.0)
-        >>> parse_point("[10, 20, 30, 40]")
+        >>> official_point("[10, 20, 30, 40]")
         (20.0, 30.0)
-        >>> parse_point("left of the icon") is None
+        >>> official_point("left of the icon") is None
         True
     """
     numbers = [float(n) for n in _NUMBER.findall(text)]
@@ -139,7 +167,7 @@ def parse_point(text: str) -> tuple[float, float] | None:
 def score_point(pred: str | Point | None, boxes: list[Box]) -> float:
     """1.0 iff the predicted point lies in any target box, border included (ScreenSpot / ViGoRL rule).
 
-    A string is read with :func:`parse_point` and taken to be in the frame of ``boxes``, so callers must pass the
+    A string is read with :func:`official_point` and taken to be in the frame of ``boxes``, so callers must pass the
     boxes in the frame the model writes coordinates in. A :class:`Point` keeps its own frame and must match the
     boxes' (``Box.contains`` raises otherwise).
 
@@ -161,7 +189,7 @@ def score_point(pred: str | Point | None, boxes: list[Box]) -> float:
     if pred is None:
         return 0.0
     if isinstance(pred, str):
-        xy = parse_point(pred)
+        xy = official_point(pred)
         if xy is None:
             return 0.0
         pred = Point(xy[0], xy[1], boxes[0].frame)
@@ -192,3 +220,52 @@ def score_text(pred: str | None, answer: str) -> float:
     if not gold:
         raise ValueError(f"reference answer {answer!r} is empty after normalisation")
     return float(pred is not None and _norm_text(pred) == gold)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """How a model's answer scored, and what kept it from scoring.
+
+    Attributes:
+        score: the task's official score (0.0 or 1.0 for every registered task).
+        problems: why an answer could not be judged as meant: ``no_answer`` (none, or blank), ``no_point`` (a point
+            task whose answer names no point), ``point_outside_image``, ``no_option`` (an option task whose
+            answer selects none). An answer without problems may still be wrong.
+    """
+
+    score: float
+    problems: tuple[str, ...] = ()
+
+
+def score_answer(
+    task: Task, sample: Sample, answer: str | None, geometry: ImageGeometry, frame: Frame | str
+) -> Verdict:
+    """Score a model's final answer: the one scoring path of search, rewards and evaluation.
+
+    Args:
+        task: the sample's task (its verifier).
+        sample: the question.
+        answer: the text inside ``<answer>`` (None when the model gave none).
+        geometry: the sample canvas as the model saw it (its ``model`` frame is the image the model was shown).
+        frame: the frame the model writes points in.
+
+    Example:
+        >>> from trace_forge.tasks import get_task
+        >>> s = Sample("q", "screenspot", [], "Click OK", AnswerKind.POINT, target_boxes=[Box(99, 0, 120, 10)])
+        >>> g = ImageGeometry(1000, 100, 500, 50)  # the model saw the screen at half size
+        >>> score_answer(get_task("screenspot"), s, "(50, 2)", g, "model")  # 50 * 2 = 100: inside, officially
+        Verdict(score=1.0, problems=())
+    """
+    if answer is None or not answer.strip():
+        return Verdict(0.0, ("no_answer",))
+    if sample.answer_kind is AnswerKind.POINT:
+        xy = official_point(answer)
+        if xy is None:
+            return Verdict(0.0, ("no_point",))
+        frame = Frame(frame)
+        inside = geometry.contains(*xy, frame)
+        point = Point(*geometry.scale(*xy, frame, Frame.PIXEL))
+        return Verdict(task.score(sample, point), () if inside else ("point_outside_image",))
+    if sample.answer_kind is AnswerKind.OPTION and task.choose(sample, answer) is None:
+        return Verdict(task.score(sample, answer), ("no_option",))
+    return Verdict(task.score(sample, answer))

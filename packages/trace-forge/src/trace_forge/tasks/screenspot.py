@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import ClassVar
 
 from trace_forge.errors import ConfigError, DataError
-from trace_forge.grounding import GUI_ZOOM, Point
+from trace_forge.grounding import GUI_ZOOM
 from trace_forge.tasks import metrics
 from trace_forge.tasks.base import Task, register
-from trace_forge.tasks.generic import score_by_kind
 from trace_forge.tasks.io import (
     Record,
     SkipPolicy,
@@ -52,8 +51,6 @@ class _GroundingTask(Task):
     answer_kind = AnswerKind.POINT
     zoom = GUI_ZOOM
 
-    def score(self, sample: Sample, answer: str | Point | None) -> float:
-        return score_by_kind(sample, answer)
 
 
 @register

@@ -19,10 +19,8 @@ from itertools import islice
 from operator import attrgetter
 from pathlib import Path
 
-from trace_forge.grounding import Point
 from trace_forge.tasks import metrics
 from trace_forge.tasks.base import Task, register
-from trace_forge.tasks.generic import score_by_kind
 from trace_forge.tasks.io import (
     Record,
     SkipPolicy,
@@ -137,8 +135,6 @@ class VStar(Task):
             meta=meta,
         )
 
-    def score(self, sample: Sample, answer: str | Point | None) -> float:
-        return score_by_kind(sample, answer)
 
     def aggregate(self, results: Sequence[tuple[Sample, float]]) -> dict[str, float]:
         """``overall``: micro accuracy over all questions (as the official script); one entry per category."""

@@ -101,32 +101,16 @@ class Batcher:
                     p.future.set_result(completions)
 
 
-def _field(container: Any, name: str) -> Any:
-    if isinstance(container, dict):
-        return container.get(name)
-    return getattr(container, name, None)
-
-
 def processor_resize(processor: Any) -> Resize:
-    """The resize a Qwen-VL-style processor applies to images, read from its image processor.
-
-    transformers 5 keeps the pixel bounds in ``size`` (``shortest_edge`` = min pixels, ``longest_edge`` = max
-    pixels), older configs in ``min_pixels`` / ``max_pixels``; the grid factor is ``patch_size * merge_size``.
+    """:meth:`Resize.of_processor` of an in-process model's processor, failing as a configuration error.
 
     Raises:
-        ConfigError: when the processor has no such bounds (not a Qwen-VL-style model).
+        ConfigError: the processor has no Qwen-VL-style resize bounds.
     """
-    image_processor = getattr(processor, "image_processor", processor)
-    size = getattr(image_processor, "size", None)
-    min_pixels = _field(size, "shortest_edge") or getattr(image_processor, "min_pixels", None)
-    max_pixels = _field(size, "longest_edge") or getattr(image_processor, "max_pixels", None)
-    patch, merge = getattr(image_processor, "patch_size", None), getattr(image_processor, "merge_size", None)
-    if not all(isinstance(v, int) for v in (min_pixels, max_pixels, patch, merge)):
-        raise ConfigError(
-            f"cannot read the image resize of {type(image_processor).__name__} (min_pixels={min_pixels}, "
-            f"max_pixels={max_pixels}, patch_size={patch}, merge_size={merge}); a Qwen-VL-style processor is needed"
-        )
-    return Resize(min_pixels=min_pixels, max_pixels=max_pixels, factor=patch * merge)
+    try:
+        return Resize.of_processor(processor)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def encoder_for_processor(encoder: ImageEncoder, resize: Resize, backend: str) -> ImageEncoder:

@@ -26,8 +26,7 @@ from dataclasses import replace
 from typing import Any
 
 from trace_forge.errors import ConfigError
-from trace_forge.grounding import Frame, ImageGeometry, Point, parse_response
-from trace_forge.grounding.format import format_point
+from trace_forge.grounding import Frame, ImageGeometry, Point, format_point, parse_response
 from trace_forge.tasks.prompts import TEMPLATES, prompts_for
 from trace_forge.tasks.sample import AnswerKind, Sample
 from trace_forge.teachers.base import Chat, Completion, SamplingParams, Teacher, register_teacher
