@@ -2,7 +2,7 @@
 
 :func:`example_tree` is the reference tree of the linearization tests; its docstring states what it must
 linearize to. Records and run directories follow the search engine's contract (see
-``trace_forge.search.store``) and point at the bundled V* samples, so datasets built from them have real
+``trace_forge.search.records``) and point at the bundled V* samples, so datasets built from them have real
 canvases.
 """
 
@@ -12,14 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from trace_forge.grounding import Point, Step
-from trace_forge.search.mcts import question_record
+from trace_forge.search.records import Question, QuestionRecord, RunRecord, store_images
 from trace_forge.search.store import RunStore
 from trace_forge.search.tree import Rollout, Tree, backup
-from trace_forge.tasks import Sample, get_task
+from trace_forge.tasks import Sample, TaskSpec, get_task
 from trace_forge.tasks.prompts import PROMPT_VERSION
 
 VSTAR_DIR = Path(__file__).resolve().parents[2] / "data" / "samples" / "vstar"
-TEACHER = {"name": "openai", "model": "Qwen/Qwen2.5-VL-72B-Instruct", "simulated": False}
+TEACHER = {"backend": "openai", "model": "Qwen/Qwen2.5-VL-72B-Instruct", "simulated": False}
+VSTAR = TaskSpec("vstar")
 
 
 def step(x: float, y: float, text: str | None = None) -> Step:
@@ -77,31 +78,47 @@ def vstar_samples() -> dict[str, Sample]:
     return {s.id: s for s in get_task("vstar").load(data_dir=VSTAR_DIR)}
 
 
-def make_record(tree: Tree, sample: Sample, *, image_size: tuple[int, int] | None = None) -> dict[str, Any]:
+def make_record(
+    tree: Tree,
+    sample: Sample,
+    *,
+    task: TaskSpec = VSTAR,
+    image_size: tuple[int, int] | None = None,
+    data_dir: Path | None = VSTAR_DIR,
+    run_dir: Path | None = None,
+    teacher: dict[str, Any] | None = None,
+) -> QuestionRecord:
     """A trees.jsonl record for ``sample`` holding ``tree`` (``image_size``: the real canvas by default)."""
-    return question_record(
-        sample,
-        tree,
-        image_size=image_size or sample.canvas().size,
-        teacher=dict(TEACHER),
+    images = store_images(sample, run_dir or Path("/nonexistent"), data_dir)
+    return QuestionRecord(
+        question=Question.of(sample, task, images, image_size or sample.canvas().size),
+        tree=tree,
+        teacher=dict(teacher or TEACHER),
+        prompt_version=PROMPT_VERSION,
         stats={"nodes": len(tree.nodes), "rollouts": sum(len(n.rollouts) for n in tree.nodes)},
     )
 
 
 def write_run(
-    run_dir: Path, records: list[dict[str, Any]], *, task: str = "vstar", data_dir: Path | None = VSTAR_DIR
+    run_dir: Path,
+    records: list[QuestionRecord],
+    *,
+    task: TaskSpec = VSTAR,
+    data_dir: Path | None = VSTAR_DIR,
+    teacher: dict[str, Any] | None = None,
+    params: dict[str, Any] | None = None,
 ) -> Path:
     """A run directory with ``run.json`` and one trees.jsonl line per record, in order."""
     store = RunStore(run_dir)
-    store.write_run_json({
-        "command": "search",
-        "task": task,
-        "data_dir": str(data_dir) if data_dir is not None else None,
-        "split": None,
-        "params": {"iterations": 8, "rollouts": 4},
-        "teacher": dict(TEACHER),
-        "versions": {"trace_forge": "0.1.0", "prompt": PROMPT_VERSION},
-    })
+    store.write_run(RunRecord(
+        task=task,
+        params=dict(params or {"simulations": 8, "rollouts": 2}),
+        teacher=dict(teacher or TEACHER),
+        prompt_version=PROMPT_VERSION,
+        data_dir=str(data_dir) if data_dir is not None else None,
+        command="trace-forge search",
+        versions={"trace_forge": "0.1.0"},
+    ))
     for record in records:
         store.append(record)
     return run_dir
@@ -112,8 +129,8 @@ GENERIC_OPTIONS = {"id": "uid", "image": "img", "question": "q", "options": "cho
 
 
 def write_generic_run(run_dir: Path, data_dir: Path) -> tuple[Path, Sample]:
-    """A run of the ``generic`` task over a one-question JSONL whose columns only ``GENERIC_OPTIONS`` maps
-    (``run.json`` ``task_options``); the question reuses a V* image so :func:`example_tree` fits its canvas."""
+    """A run of the ``generic`` task over a one-question JSONL whose columns only ``GENERIC_OPTIONS`` maps; the
+    question reuses a V* image so :func:`example_tree` fits its canvas."""
     import json
 
     ring = vstar_samples()["direct_attributes/sa_4666"]  # the ring question of example_tree
@@ -121,8 +138,8 @@ def write_generic_run(run_dir: Path, data_dir: Path) -> tuple[Path, Sample]:
            "gold": ring.answer, "bb": [b.to_list() for b in ring.target_boxes], "kind": "mapped"}
     data_dir.mkdir(parents=True)
     (data_dir / "bench.jsonl").write_text(json.dumps(row) + "\n")
-    (sample,) = get_task("generic", **GENERIC_OPTIONS).load(data_dir / "bench.jsonl")
-    write_run(run_dir, [make_record(example_tree(), sample)], task="generic", data_dir=data_dir / "bench.jsonl")
-    store = RunStore(run_dir)
-    store.write_run_json({**store.read_run_json(), "task_options": GENERIC_OPTIONS})
+    spec = TaskSpec("generic", GENERIC_OPTIONS)
+    (sample,) = spec.build().load(data_dir / "bench.jsonl")
+    record = make_record(example_tree(), sample, task=spec, data_dir=data_dir)
+    write_run(run_dir, [record], task=spec, data_dir=data_dir)
     return run_dir, sample

@@ -5,7 +5,7 @@ from fractions import Fraction
 import pytest
 
 from trace_forge.tasks import metrics
-from trace_forge.tasks.metrics import avg_at_k, all_rotations, group_means, macro, mean, pass_at_k
+from trace_forge.tasks.metrics import all_rotations, avg_at_k, group_means, macro, mean, pass_at_k
 from trace_forge.tasks.sample import AnswerKind, Sample
 
 

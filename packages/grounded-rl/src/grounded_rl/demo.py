@@ -16,10 +16,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from grounded_rl.eval import Dialog, EvalConfig, Student, Viewer, make_client
+from grounded_rl.eval import Dialog, EvalConfig, Student, make_client, view_of
 from trace_forge.errors import ConfigError, DataError
 from trace_forge.show import render_trace
-from trace_forge.tasks import AnswerKind, Sample, get_task
+from trace_forge.tasks import AnswerKind, Sample
 
 __all__ = ["DemoConfig", "run_demo"]
 
@@ -53,9 +53,9 @@ class DemoConfig:
     def __post_init__(self) -> None:
         self.task_kind = AnswerKind(self.task_kind)
         if self.task_kind is AnswerKind.OPTION and len(self.options) < 2:
-            raise ConfigError("--task-kind option needs at least two --option values")
+            raise ConfigError("--task-kind option needs at least two --choice values")
         if self.task_kind is not AnswerKind.OPTION and self.options:
-            raise ConfigError(f"--option is for --task-kind option, not {self.task_kind.value}")
+            raise ConfigError(f"--choice is for --task-kind option, not {self.task_kind.value}")
 
     def eval_config(self) -> EvalConfig:
         """The evaluation settings the question is asked under (one sample, the eval image budget)."""
@@ -81,8 +81,8 @@ def run_demo(config: DemoConfig) -> tuple[Dialog, Path]:
         raise DataError(f"cannot read image: {e}", path=config.image) from e
     sample = Sample("demo", "demo", [image], config.query, config.task_kind, options=list(config.options))
     eval_config = config.eval_config()
-    task = get_task(eval_config.task)
-    student = Student(make_client(eval_config), Viewer.for_config(eval_config), eval_config, task)
+    task = eval_config.task_spec.build()
+    student = Student(make_client(eval_config), view_of(eval_config), eval_config, task)
 
     async def ask() -> Dialog:
         try:
@@ -97,7 +97,7 @@ def run_demo(config: DemoConfig) -> tuple[Dialog, Path]:
     mode = "multi-turn" if config.multi_turn else "single-turn"
     title = f"{Path(config.model).name} ({mode}): {config.query}"
     picture = render_trace(image, dialog.pixel_steps(), dialog.pixel_answer() or "(no answer)",
-                           crops=dialog.crops or None, title=title)
+                           crops=dialog.crops or None, title=title, answer_point=dialog.pixel_answer_point())
     out = Path(config.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     picture.save(out)

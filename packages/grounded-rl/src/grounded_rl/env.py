@@ -4,20 +4,23 @@
 GRPO (through TRL's environment hook) and evaluation both drive the same class, so the crop sizes, the turn limit
 and the observation wording are identical in training and evaluation.
 
-Points arrive in the model family's frame (``model`` pixels for Qwen2.5-VL, ``norm1000`` for Qwen3-VL) and are
-converted to the pixel frame of the original image before cropping: crops come from the full-resolution image,
-so a zoom reveals detail the resized view lost.
+Points arrive in the frame of the model's :class:`~trace_forge.grounding.View` (``model`` pixels for Qwen2.5-VL,
+``norm1000`` for Qwen3-VL) and are converted to the pixel frame of the original image before cropping
+(:func:`~trace_forge.grounding.zoom_on`, where trace-forge cuts the crops of its datasets too): crops come from the
+full-resolution image, so a zoom reveals detail the resized view lost.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 from PIL import Image
 
-from trace_forge.grounding import Frame, ImageGeometry, Point, Resize, ZoomSpec, zoom
-from trace_forge.tasks import AnswerKind, get_task
+from trace_forge.grounding import Frame, ImageGeometry, Point, View, ZoomSpec, zoom_on
+from trace_forge.tasks import AnswerKind, Task, TaskSpec
 from trace_forge.tasks.prompts import PromptSet, prompts_for
 
 __all__ = ["ZoomSession", "ZoomResult", "ZoomRefused", "ZoomEnvironment", "DEFAULT_MAX_IMAGES"]
@@ -44,16 +47,14 @@ class ZoomSession:
 
     Args:
         image: the sample's canvas at original resolution.
-        frame: the frame the model writes points in.
-        resize: the processor's resize bounds (defines the ``model`` frame).
+        view: the frame the model writes points in, and the resize that defines its ``model`` frame.
         spec: crop side, output size and marker dot (per task).
         prompts: the task's prompt set (observation wording).
         max_images: images per dialog, the original included; a zoom past it is refused.
     """
 
     image: Image.Image
-    frame: Frame
-    resize: Resize
+    view: View
     spec: ZoomSpec
     prompts: PromptSet
     max_images: int = DEFAULT_MAX_IMAGES
@@ -61,7 +62,7 @@ class ZoomSession:
 
     @property
     def geometry(self) -> ImageGeometry:
-        return self.resize.geometry(*self.image.size)
+        return self.view.geometry(*self.image.size)
 
     @property
     def images_used(self) -> int:
@@ -83,11 +84,13 @@ class ZoomSession:
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (x, y)):
             raise ZoomRefused(f"zoom needs integer coordinates, got ({x!r}, {y!r})")
         geometry = self.geometry
-        if not geometry.contains(x, y, self.frame):
-            w, h = geometry.size(self.frame)
+        frame = self.view.frame
+        if not geometry.contains(x, y, frame):
+            w, h = geometry.size(frame)
             raise ZoomRefused(f"point ({x}, {y}) is outside the image ({w}x{h} in the model's coordinates)")
-        pixel = Point(x, y, self.frame).to(Frame.PIXEL, geometry)
-        crop = zoom(self.image, pixel.x, pixel.y, self.spec)
+        point = Point(x, y, frame)
+        crop = zoom_on(self.image, point, geometry, self.spec)
+        pixel = point.to(Frame.PIXEL, geometry)
         self.zooms.append(pixel)
         return ZoomResult(crop.image, self.prompts.zoom_observation((x, y), self.spec.dot), pixel)
 
@@ -102,6 +105,11 @@ class ZoomSession:
         return self.zoom(*point)
 
 
+@cache
+def _task(name: str, options: str) -> Task:
+    return TaskSpec(name, json.loads(options)).build()
+
+
 class ZoomEnvironment:
     """The zoom tool as a TRL ``environment_factory`` environment (``GRPOTrainer(environment_factory=...)``).
 
@@ -112,37 +120,38 @@ class ZoomEnvironment:
     (``max_images - 1``), so the session's own limit is a backstop.
 
     Args:
-        resize: the processor's resize bounds (defines the ``model`` frame).
-        frame: the frame the model writes points in.
+        view: the frame the model writes points in, and its processor's resize.
         max_images: images per dialog, the original included.
         spec: crop geometry; the row's task's (``Task.zoom``) when ``None``.
 
     Example:
         >>> from functools import partial
         >>> from PIL import Image
-        >>> env = partial(ZoomEnvironment, Resize(max_pixels=448 * 448), Frame.MODEL)()
+        >>> from trace_forge.grounding import Resize
+        >>> env = partial(ZoomEnvironment, View(Frame.MODEL, Resize(max_pixels=448 * 448)))()
         >>> env.reset(image=Image.new("RGB", (800, 600)), task="vstar")
         >>> parts = env.zoom([100, 80])
         >>> parts[0]["image"].size, parts[1]["text"]
         ((672, 672), 'Here is the zoomed crop of the image centred on (100, 80).')
     """
 
-    def __init__(
-        self, resize: Resize, frame: Frame, max_images: int = DEFAULT_MAX_IMAGES, spec: ZoomSpec | None = None
-    ) -> None:
-        self._resize = resize
-        self._frame = Frame(frame)
+    def __init__(self, view: View, max_images: int = DEFAULT_MAX_IMAGES, spec: ZoomSpec | None = None) -> None:
+        self._view = view
         self._max_images = max_images
         self._spec = spec
         self.session: ZoomSession | None = None
 
-    def reset(self, image: Image.Image, task: str, answer_kind: str | None = None, **row: Any) -> None:
-        """Start a rollout on the row's image (its canvas at original resolution); the prompt is left as it is."""
-        task_ = get_task(task)
+    def reset(
+        self, image: Image.Image, task: str, task_options: str = "{}", answer_kind: str | None = None, **row: Any
+    ) -> None:
+        """Start a rollout on the row's image (its canvas at original resolution); the prompt is left as it is.
+
+        ``task`` and ``task_options`` (a JSON object) are the row's task spec; its zoom crop geometry is used.
+        """
+        task_ = _task(task, task_options)
         self.session = ZoomSession(
             image=image.convert("RGB"),
-            frame=self._frame,
-            resize=self._resize,
+            view=self._view,
             spec=self._spec or task_.zoom,
             prompts=prompts_for(AnswerKind(answer_kind) if answer_kind else task_.answer_kind),
             max_images=self._max_images,

@@ -28,11 +28,9 @@ dialogs with), whatever template it ships; its sha256 is part of the protocol.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import json
 import logging
-import os
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -43,6 +41,7 @@ from PIL import Image
 
 from grounded_rl.env import DEFAULT_MAX_IMAGES, ZoomRefused, ZoomSession
 from grounded_rl.models import Family
+from trace_forge.durable import append_record, read_records, write_atomic
 from trace_forge.errors import ConfigError
 from trace_forge.grounding import (
     ZOOM_TOOL_NAME,
@@ -52,18 +51,18 @@ from trace_forge.grounding import (
     Point,
     Resize,
     Step,
+    View,
+    format_point,
     parse_response,
 )
-from trace_forge.grounding import format_point
 from trace_forge.grounding.format import Expect
-from trace_forge.search.store import append_record, read_records
-from trace_forge.tasks import AnswerKind, Sample, Task, get_task, metrics, score_answer
+from trace_forge.tasks import Sample, Task, TaskSpec, metrics, score_answer
 from trace_forge.tasks.prompts import NORM1000_HINT, PROMPT_VERSION, TEMPLATES_SHA256, prompts_for
 from trace_forge.teachers import ImageRef, Message, SamplingParams, TeacherClient, build_client
 
 __all__ = [
     "EvalConfig",
-    "Viewer",
+    "view_of",
     "Turn",
     "Dialog",
     "Student",
@@ -105,9 +104,13 @@ class EvalConfig:
     """
 
     # --- benchmark ---
-    task: str = field(metadata={"help": "Benchmark: vstar, screenspot, screenspot-v2, screenspot-pro, sat2, blink."})
+    task: str = field(metadata={"help": "Benchmark (a trace-forge task; see `trace-forge tasks list`)."})
     model: str = field(metadata={"help": "Checkpoint directory or Hub id (hf, vllm), or the served model name."})
     data_dir: str | None = field(default=None, metadata={"help": "Benchmark folder in its official layout."})
+    task_options: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "Options of the task (e.g. generic's column map, sat2's circular=true)."},
+    )
     split: str | None = field(default=None, metadata={"help": "Split to evaluate; the task's default when unset."})
     limit: int | None = field(default=None, metadata={"help": "Evaluate only the first N questions."})
     # --- protocol ---
@@ -158,6 +161,10 @@ class EvalConfig:
         # Sampling settings are checked where they are used, once, by SamplingParams.
         self.sampling(1, None)
 
+    @property
+    def task_spec(self) -> TaskSpec:
+        return TaskSpec(self.task, self.task_options)
+
     def sampling(self, n: int, seed: int | None) -> SamplingParams:
         return SamplingParams(n=n, temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens,
                               seed=seed)
@@ -168,51 +175,26 @@ class EvalConfig:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Viewer:
-    """The coordinate frame a model writes points in, and the resize that defines it.
+def view_of(config: EvalConfig) -> View:
+    """How the evaluated model sees images. A local Qwen-VL checkpoint writes its family's frame under its
+    processor's resize (read from the checkpoint's config files, weights untouched); an API model writes
+    ``config.frame`` of the image as sent (resized to ``config.max_pixels`` when set)."""
+    if config.backend not in LOCAL_BACKENDS:
+        return View(Frame(config.frame), Resize(max_pixels=config.max_pixels) if config.max_pixels else None)
+    if Path(config.model).is_dir():
+        try:
+            return View.of_checkpoint(config.model)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    from transformers import AutoImageProcessor
 
-    Attributes:
-        frame: ``model`` (pixels of the image as the model sees it) or ``norm1000``.
-        resize: the resize bounds of the image the model sees; None when images are sent at original size, so the
-            ``model`` frame is the ``pixel`` frame.
-    """
+    resize = Resize.of_processor(AutoImageProcessor.from_pretrained(config.model))
+    return View(_local_family(config).frame, resize)
 
-    frame: Frame
-    resize: Resize | None
 
-    @classmethod
-    def for_config(cls, config: EvalConfig) -> Viewer:
-        """A local Qwen-VL checkpoint writes its family's frame under its processor's resize bounds (read from
-        the checkpoint's config files, weights untouched); an API model writes ``config.frame`` of the image as
-        sent."""
-        if config.backend not in LOCAL_BACKENDS:
-            resize = Resize(max_pixels=config.max_pixels) if config.max_pixels is not None else None
-            return cls(Frame(config.frame), resize)
-        from transformers import AutoImageProcessor
-
-        return cls(_local_family(config).frame, Resize.of_processor(AutoImageProcessor.from_pretrained(config.model)))
-
-    @property
-    def coordinate_hint(self) -> str | None:
-        """How the system prompt describes coordinates (None: "pixel coordinates as shown")."""
-        return NORM1000_HINT if self.frame is Frame.NORM1000 else None
-
-    def geometry(self, image: Image.Image) -> ImageGeometry:
-        if self.resize is None:
-            return ImageGeometry(image.width, image.height, image.width, image.height)
-        return self.resize.geometry(*image.size)
-
-    def session(self, image: Image.Image, task: Task, kind: AnswerKind, max_images: int) -> ZoomSession:
-        """The zoom tool of one dialog on ``image``."""
-        # Unresized images: the model frame is the pixel frame, which ZoomSession reads without a resize; the
-        # norm1000 grid spans the image whatever its resize.
-        frame = Frame.PIXEL if self.resize is None and self.frame is Frame.MODEL else self.frame
-        return ZoomSession(image, frame, self.resize or Resize(), task.zoom, prompts_for(kind), max_images=max_images)
-
-    def describe(self) -> dict[str, Any]:
-        resize = dataclasses.asdict(self.resize) if self.resize is not None else None
-        return {"frame": self.frame.value, "resize": resize, "coordinate_hint": self.coordinate_hint}
+def _coordinate_hint(view: View) -> str | None:
+    """How the system prompt describes coordinates (None: "pixel coordinates as shown")."""
+    return NORM1000_HINT if view.frame is Frame.NORM1000 else None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -255,10 +237,15 @@ class Dialog:
         points = (p.to(Frame.PIXEL, self.geometry) for t in self.turns for p in t.parsed.points)
         return [[round(p.x, 2), round(p.y, 2)] for p in points]
 
+    def pixel_answer_point(self) -> Point | None:
+        """A point answer in the pixel frame (for drawing), or None."""
+        point = self.turns[-1].parsed.answer_point if self.turns else None
+        return point.to(Frame.PIXEL, self.geometry) if point is not None else None
+
     def pixel_answer(self) -> str | None:
         """The answer text, a point answer rewritten in the pixel frame (for drawing)."""
-        point = self.turns[-1].parsed.answer_point if self.turns else None
-        return format_point(point.to(Frame.PIXEL, self.geometry)) if point is not None else self.answer
+        point = self.pixel_answer_point()
+        return format_point(point) if point is not None else self.answer
 
 
 class Student:
@@ -266,29 +253,29 @@ class Student:
 
     Args:
         client: the backend.
-        viewer: the model's coordinate frame.
+        view: how the model sees images (its coordinate frame).
         config: decoding settings and the image budget.
         task: the benchmark (its zoom crop geometry).
     """
 
-    def __init__(self, client: TeacherClient, viewer: Viewer, config: EvalConfig, task: Task) -> None:
+    def __init__(self, client: TeacherClient, view: View, config: EvalConfig, task: Task) -> None:
         self.client = client
-        self.viewer = viewer
+        self.view = view
         self.config = config
         self.task = task
         self.prefill = config.backend in PREFILL_BACKENDS
 
     def prompt(self, sample: Sample, canvas: Image.Image) -> list[Message]:
         prompts = prompts_for(sample.answer_kind)
-        system = prompts.student_system(self.config.multi_turn, coordinate_hint=self.viewer.coordinate_hint)
+        system = prompts.student_system(self.config.multi_turn, coordinate_hint=_coordinate_hint(self.view))
         return [Message("system", (system,)), Message("user", (ImageRef(canvas), prompts.question_text(sample)))]
 
     def _geometry(self, canvas: Image.Image, ref: ImageRef) -> ImageGeometry:
         # An API model sees the image as the client encodes it; a local one as its processor resizes it.
-        return self.client.geometry(ref) if self.config.backend in API_BACKENDS else self.viewer.geometry(canvas)
+        return self.client.geometry(ref) if self.config.backend in API_BACKENDS else self.view.geometry(*canvas.size)
 
     def _parse(self, text: str, geometry: ImageGeometry, expect: Expect) -> Parsed:
-        return parse_response(text, geometry=geometry, frame=self.viewer.frame, expect=expect)
+        return parse_response(text, geometry=geometry, frame=self.view.frame, expect=expect)
 
     async def single_turn(self, sample: Sample, canvas: Image.Image, n: int, seed: int) -> list[Dialog]:
         """``n`` one-completion samples from one request."""
@@ -296,7 +283,7 @@ class Student:
         geometry = self._geometry(canvas, chat[1].images[0])
         completions = await self.client.generate(chat, self.config.sampling(n, seed))
         return [
-            Dialog(geometry, self.viewer.frame, [Turn(c.text, c.finish_reason, self._parse(c.text, geometry, "single"))])
+            Dialog(geometry, self.view.frame, [Turn(c.text, c.finish_reason, self._parse(c.text, geometry, "single"))])
             for c in completions
         ]
 
@@ -306,8 +293,8 @@ class Student:
         prompts = prompts_for(sample.answer_kind)
         chat = self.prompt(sample, canvas)
         geometry = self._geometry(canvas, chat[1].images[0])
-        session = self.viewer.session(canvas, self.task, sample.answer_kind, self.config.max_images)
-        dialog = Dialog(geometry, self.viewer.frame)
+        session = ZoomSession(canvas, self.view, self.task.zoom, prompts, max_images=self.config.max_images)
+        dialog = Dialog(geometry, self.view.frame)
         for turn in range(self.config.max_images):
             # Refused zooms spend a turn but no image, so the turn count bounds the dialog too.
             dialog.forced = session.exhausted or turn == self.config.max_images - 1
@@ -382,13 +369,7 @@ def _record(sample: Sample, k: int, dialog: Dialog, score: float, mode: str) -> 
     }
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def protocol(config: EvalConfig, task: Task, viewer: Viewer) -> dict[str, Any]:
+def protocol(config: EvalConfig, task: Task, view: View) -> dict[str, Any]:
     """Everything that decides a number: reproduce it by evaluating with the same protocol."""
     import grounded_rl
     import trace_forge
@@ -396,6 +377,7 @@ def protocol(config: EvalConfig, task: Task, viewer: Viewer) -> dict[str, Any]:
     template = chat_template_for(config)
     return {
         "task": config.task,
+        "task_options": dict(config.task_options),
         "split": config.split or task.default_split,
         "model": config.model,
         "backend": config.backend,
@@ -407,7 +389,7 @@ def protocol(config: EvalConfig, task: Task, viewer: Viewer) -> dict[str, Any]:
         "prompt_version": PROMPT_VERSION,
         "prompt_templates_sha256": TEMPLATES_SHA256,
         "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest() if template is not None else None,
-        "coordinates": {**viewer.describe(), "max_pixels": config.max_pixels},
+        "coordinates": {**view.to_dict(), "coordinate_hint": _coordinate_hint(view), "max_pixels": config.max_pixels},
         "zoom": {
             "max_images": config.max_images,
             "max_turns": config.max_images,
@@ -425,7 +407,7 @@ def _check_protocol(out_dir: Path, current: dict[str, Any]) -> None:
     """Refuse to mix samples of two protocols in one output directory."""
     path = out_dir / PROTOCOL_FILE
     if not path.exists():
-        _write_atomic(path, json.dumps(current, indent=2, sort_keys=True) + "\n")
+        write_atomic(path, json.dumps(current, indent=2, sort_keys=True) + "\n")
         return
     saved = json.loads(path.read_text(encoding="utf-8"))
     changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
@@ -544,12 +526,12 @@ def evaluate(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    task = get_task(config.task)
+    task = config.task_spec.build()
     samples = list(task.load(data_dir=config.data_dir, split=config.split, limit=config.limit))
     if not samples:
         raise ConfigError(f"task {config.task!r} loaded no samples from {config.data_dir}")
-    viewer = Viewer.for_config(config)
-    current = protocol(config, task, viewer)
+    view = view_of(config)
+    current = protocol(config, task, view)
     _check_protocol(out, current)
 
     path = out / SAMPLES_FILE
@@ -558,7 +540,7 @@ def evaluate(
     todo = [(s, ks) for s, ks in todo if ks]
     total = len(samples) * config.samples
     logger.info("%s: %d of %d samples already done", config.task, total - sum(len(ks) for _, ks in todo), total)
-    asyncio.run(_run(config, task, viewer, client, todo, path, total, on_record))
+    asyncio.run(_run(config, task, view, client, todo, path, total, on_record))
 
     records = list(read_records(path))
     summary = {
@@ -567,15 +549,15 @@ def evaluate(
         "counts": _counts([r for r in records if r["question_id"] in {s.id for s in samples}]),
         "protocol": current,
     }
-    _write_atomic(out / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
-    _write_atomic(out / SUMMARY_MD, _markdown(summary, config.samples))
+    write_atomic(out / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    write_atomic(out / SUMMARY_MD, _markdown(summary, config.samples))
     return summary
 
 
 async def _run(
     config: EvalConfig,
     task: Task,
-    viewer: Viewer,
+    view: View,
     client: TeacherClient | None,
     todo: list[tuple[Sample, list[int]]],
     path: Path,
@@ -584,7 +566,7 @@ async def _run(
 ) -> None:
     owned = client is None
     client = client if client is not None else make_client(config)
-    student = Student(client, viewer, config, task)
+    student = Student(client, view, config, task)
     mode = "multi" if config.multi_turn else "single"
     slots = asyncio.Semaphore(config.concurrency)
     done = total - sum(len(ks) for _, ks in todo)

@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from itertools import groupby
 from pathlib import Path
@@ -36,16 +35,15 @@ import torch
 from datasets import Dataset, Features, Image, List, Value
 from trl import GRPOConfig, GRPOTrainer
 
-from grounded_rl.data import image_token_count, load_traces, set_max_pixels
+from grounded_rl.data import image_token_count, model_view, set_max_pixels
 from grounded_rl.env import DEFAULT_MAX_IMAGES, ZoomEnvironment
-from grounded_rl.models import Family, family_of, load_model_and_processor
+from grounded_rl.models import Family, family_of, freeze_vision_tower, load_model_and_processor
 from grounded_rl.rewards import DEFAULT_WEIGHTS, RAW_TEXT, build_rewards
-from grounded_rl.sft import freeze_vision_tower
+from trace_forge.dataset import TraceRow, load_traces
 from trace_forge.errors import ConfigError
-from trace_forge.grounding import Box, Frame, Resize
-from trace_forge.tasks import AnswerKind, Sample, get_task
+from trace_forge.grounding import Frame, Resize
+from trace_forge.tasks import AnswerKind, Sample, TaskSpec
 from trace_forge.tasks.prompts import NORM1000_HINT, prompts_for
-from trace_forge.tasks.scoring import choose_option
 
 __all__ = [
     "GroundedGRPOConfig",
@@ -68,6 +66,7 @@ PROMPT_FEATURES = Features(
         "prompt": List({"role": Value("string"), "content": Value("string")}),
         "image": Image(mode="RGB"),
         "task": Value("string"),
+        "task_options": Value("string"),  # JSON object: with "task", the TaskSpec the rewards and the zoom tool use
         "question_id": Value("string"),
         "answer_kind": Value("string"),
         "answer": Value("string"),
@@ -192,6 +191,7 @@ class GroundedGRPOTrainer(GRPOTrainer):
         than wrong. It still counts in its group's mean. Logged as ``tools/over_turn_ratio``.
         """
         output = super()._generate(prompts)
+        _check_generate_output(output)
         _, completion_ids, tool_mask, completions, *_ = output
         tokenizer = self.processing_class.tokenizer
         for i, (ids, completion) in enumerate(zip(completion_ids, completions, strict=True)):
@@ -209,6 +209,29 @@ class GroundedGRPOTrainer(GRPOTrainer):
         mode = "train" if self.model.training else "eval"
         self._metrics[mode]["tools/over_turn_ratio"].append(ratio.mean().item())
         return output
+
+
+# The private TRL method this trainer extends, and the tuple it returns in the TRL versions we pin (pyproject.toml).
+_GENERATE_FIELDS = ("prompt_ids", "completion_ids", "tool_mask", "completions", "logprobs", "extra_fields", "images",
+                    "tool_images")
+
+
+def _check_generate_output(output: object) -> None:
+    """Fail loudly, naming the TRL version, when ``GRPOTrainer._generate`` no longer returns what we unpack."""
+    ok = isinstance(output, tuple) and len(output) == len(_GENERATE_FIELDS)
+    if ok:
+        _, completion_ids, tool_mask, completions, *_ = output
+        ok = (isinstance(completion_ids, list) and isinstance(completions, list)
+              and (tool_mask is None or isinstance(tool_mask, list)) and len(completions) == len(completion_ids))
+    if not ok:
+        import trl
+
+        shape = f"a {len(output)}-tuple" if isinstance(output, tuple) else type(output).__name__
+        raise RuntimeError(
+            f"trl {trl.__version__}: GRPOTrainer._generate returned {shape}, not ({', '.join(_GENERATE_FIELDS)}); "
+            "GroundedGRPOTrainer extends this private method and supports the TRL versions grounded-rl pins "
+            "(see its pyproject.toml): install one of those"
+        )
 
 
 def generated_turns(completion_ids: list[int], tool_mask: list[int] | None) -> list[list[int]]:
@@ -237,16 +260,20 @@ def _system(kind: AnswerKind, multi_turn: bool, family: Family) -> str:
     return prompts_for(kind).student_system(multi_turn, coordinate_hint=hint)
 
 
-def prompt_rows(samples: list[Sample], resize: Resize, family: Family, multi_turn: bool) -> dict[str, list[Any]]:
-    """Prompt rows (columns of :data:`PROMPT_FEATURES`) for ``samples``.
+def prompt_rows(
+    samples: list[Sample], task: TaskSpec, resize: Resize, family: Family, multi_turn: bool
+) -> dict[str, list[Any]]:
+    """Prompt rows (columns of :data:`PROMPT_FEATURES`) for ``samples`` of ``task``.
 
     Args:
         samples: task samples; their canvas is the image.
+        task: their task and its options (written to every row for the rewards and the zoom tool).
         resize: the processor's resize bounds (the ``model_size`` column, which defines the ``model`` frame).
         family: the policy's family: its frame, and the 0-1000 coordinate hint for Qwen3-VL.
         multi_turn: student system prompt and ``mode`` of the zoom dialogs.
     """
     columns: dict[str, list[Any]] = {name: [] for name in PROMPT_FEATURES}
+    options = json.dumps(dict(task.options), sort_keys=True)
     for s in samples:
         canvas = s.canvas()
         question = prompts_for(s.answer_kind).question_text(s)
@@ -257,7 +284,8 @@ def prompt_rows(samples: list[Sample], resize: Resize, family: Family, multi_tur
             ]
         )
         columns["image"].append(canvas)
-        columns["task"].append(s.task)
+        columns["task"].append(task.name)
+        columns["task_options"].append(options)
         columns["question_id"].append(s.id)
         columns["answer_kind"].append(s.answer_kind.value)
         columns["answer"].append(s.answer)
@@ -270,65 +298,32 @@ def prompt_rows(samples: list[Sample], resize: Resize, family: Family, multi_tur
     return columns
 
 
-_OPTION_LINE = re.compile(r"^\(([A-Z])\) (.*)$")
-
-
-def _samples_from_traces(rows: Dataset) -> list[Sample]:
-    """One sample per question of a trace dataset (its prompts are the student prompts of the same version).
-
-    The dataset stores the rendered question, not the options: they are read back from its "(A) ..." lines, and
-    re-rendering must give the stored text exactly, so a wording change is an error rather than a wrong label.
-    The ground truth of an option question is the option its correct chains chose: the teacher's answer ("B",
-    "(B) yellow") mapped to the option's text, which the verifier needs. A question none of whose correct rows
-    selects an option is dropped and counted.
-    """
-    samples: dict[tuple[str, str], Sample] = {}
-    unresolved: set[tuple[str, str]] = set()
-    for row in rows.remove_columns([c for c in rows.column_names if c == "images"]):
-        key = (row["task"], row["question_id"])
-        if key in samples or row["correct"] is False:  # a wrong chain's answer is not the ground truth
-            continue
-        user_text = "".join(p["text"] or "" for p in row["messages"][1]["content"] if p["type"] == "text")
-        task = get_task(row["task"])
-        lines = user_text.split("\n")
-        options = [m[2] for m in map(_OPTION_LINE.match, lines) if m]
-        question = "\n".join(line for line in lines[:-1] if not _OPTION_LINE.match(line))
-        answer = row["answer"] if task.answer_kind is not AnswerKind.POINT else None
-        if task.answer_kind is AnswerKind.OPTION:
-            index = choose_option(answer, options)
-            if index is None:
-                unresolved.add(key)
-                continue
-            answer = options[index]
-        sample = Sample(
-            id=row["question_id"], task=task.name, images=[], question=question, answer_kind=task.answer_kind,
-            options=options, answer=answer, category=row["category"],
-        )
-        sample.target_boxes = [Box(*b) for b in row["target_boxes"]]
-        if prompts_for(task.answer_kind).question_text(sample) != user_text:
-            raise ConfigError(f"cannot read the question of {key} back from its trace (prompt version mismatch?)")
-        samples[key] = sample
-    dropped = len(unresolved - set(samples))
-    if dropped:
-        logger.warning("dropped %d questions whose traced answer selects none of their options", dropped)
-    return list(samples.values())
+def _questions_of_traces(source: str, split: str) -> tuple[TaskSpec, list[Sample]]:
+    """The questions of a trace dataset, one sample per question with its canvas, read from the rows' columns."""
+    traces = load_traces(source, split)
+    first: dict[str, int] = {}
+    for i, qid in enumerate(traces["question_id"]):
+        first.setdefault(qid, i)
+    rows = [TraceRow.from_row(traces[i], where=source) for i in first.values()]
+    specs = {row.task.key for row in rows}
+    if len(specs) != 1:
+        raise ConfigError(f"{source}: the dataset mixes tasks {sorted(specs)}; train GRPO on one task at a time")
+    samples = [replace(row.sample, images=[row.images[0]]) for row in rows]  # decoded by datasets
+    return rows[0].task, samples
 
 
 def load_prompts(config: GroundedGRPOConfig, processor: Any, family: Family) -> Dataset:
     """The prompt dataset of ``config``: from a task's samples, or from the questions of a trace dataset."""
     resize = Resize.of_processor(processor)
     if config.task is not None:
-        task = get_task(config.task, **(config.task_options or {}))
-        samples = list(task.load(data_dir=config.data_dir, split=config.split, limit=config.limit))
+        task = TaskSpec(config.task, config.task_options or {})
+        samples = list(task.build().load(data_dir=config.data_dir, split=config.split, limit=config.limit))
     else:
-        traces = load_traces(config.data, config.split or "train")
-        samples = _samples_from_traces(traces)
+        task, samples = _questions_of_traces(config.data, config.split or "train")
         samples = samples[: config.limit]
-        for sample, image in zip(samples, _first_images(traces, samples), strict=True):
-            sample.images = [image]
     if not samples:
         raise ConfigError(f"no prompts: {config.task or config.data} gave no samples")
-    columns = prompt_rows(samples, resize, family, config.multi_turn)
+    columns = prompt_rows(samples, task, resize, family, config.multi_turn)
     dataset = Dataset.from_dict(columns, features=PROMPT_FEATURES)
     if config.max_prompt_length is not None:
         pairs = zip(columns["prompt"], columns["image_size"], strict=True)
@@ -345,14 +340,6 @@ def load_prompts(config: GroundedGRPOConfig, processor: Any, family: Family) -> 
         dataset = dataset.select(keep)
     logger.info("%d %s-turn prompts", len(dataset), config.mode)
     return dataset
-
-
-def _first_images(traces: Dataset, samples: list[Sample]) -> list[Any]:
-    """The canvas (first image) of each sample's first trace row."""
-    first: dict[str, int] = {}
-    for i, qid in enumerate(traces["question_id"]):
-        first.setdefault(qid, i)
-    return [traces[first[s.id]]["images"][0] for s in samples]
 
 
 def _prompt_tokens(processor: Any, prompt: list[dict], image_size: list[int]) -> int:
@@ -388,7 +375,7 @@ def build_trainer(config: GroundedGRPOConfig) -> GroundedGRPOTrainer:
 
     # ---- multi-turn: one zoom environment per rollout, holding its row's image -----------------------------------
     environment = (
-        partial(ZoomEnvironment, Resize.of_processor(processor), family.frame, config.max_images) if config.multi_turn else None
+        partial(ZoomEnvironment, model_view(processor, family), config.max_images) if config.multi_turn else None
     )
     return GroundedGRPOTrainer(
         model=model,

@@ -30,6 +30,7 @@ __all__ = [
     "family_of",
     "geometry_for",
     "to_model_frame",
+    "freeze_vision_tower",
     "install_templates",
     "load_model_and_processor",
 ]
@@ -187,3 +188,21 @@ def load_model_and_processor(
         install_templates(processor, family)
     logger.info("loaded %s (%s) from %s", type(model).__name__, family.value, path)
     return model, processor
+
+
+def freeze_vision_tower(model: PreTrainedModel) -> int:
+    """Freeze the vision encoder of a Qwen-VL model, keeping its merger (the projector into the LLM) trainable.
+
+    ViGoRL: "vision tower frozen, projector and LLM trained". The merger is ``visual.merger`` (and, for Qwen3-VL,
+    the ``deepstack_merger_list`` that feeds intermediate vision features into the LLM).
+
+    Returns:
+        The number of parameters frozen.
+    """
+    visual = model.model.visual
+    frozen = 0
+    for name, param in visual.named_parameters():
+        if not name.startswith(("merger.", "deepstack_merger_list.")):
+            param.requires_grad_(False)
+            frozen += param.numel()
+    return frozen

@@ -7,8 +7,9 @@ that rollout out of the component's mean). TRL weights and sums them, and logs e
 
 Columns the rewards read (``grpo.prompt_rows`` writes them):
 
-- ``task``, ``answer_kind``, ``answer``, ``options``, ``target_boxes``: the ground truth (boxes ``[x1, y1, x2, y2]``
-  in the pixel frame of the original image) scored by the task's official verifier;
+- ``task`` and ``task_options`` (a JSON object): the task spec whose official verifier scores the answers;
+- ``answer_kind``, ``answer``, ``options``, ``target_boxes``: the ground truth (boxes ``[x1, y1, x2, y2]`` in the
+  pixel frame of the original image);
 - ``image_size`` ``[w, h]`` and ``model_size`` ``[w, h]`` (the processor's resized size) and ``frame`` (``model``
   or ``norm1000``): the image geometry the model's points are written in;
 - ``mode``: ``single`` (one completion with grounded points inline) or ``multi`` (turns with zoom tool calls).
@@ -40,7 +41,7 @@ from functools import cache
 from typing import Any
 
 from trace_forge.grounding import Box, Frame, ImageGeometry, Parsed, Point, ProblemCode, parse_response
-from trace_forge.tasks import AnswerKind, Sample, Task, get_task, score_answer
+from trace_forge.tasks import AnswerKind, Sample, Task, TaskSpec, score_answer
 
 __all__ = [
     "REWARDS",
@@ -136,8 +137,8 @@ class Truth:
 
 
 @cache
-def _task(name: str) -> Task:
-    return get_task(name)
+def _task(name: str, options: str) -> Task:
+    return TaskSpec(name, json.loads(options)).build()
 
 
 def _truths(n: int, kwargs: Mapping[str, Any]) -> list[Truth]:
@@ -147,7 +148,7 @@ def _truths(n: int, kwargs: Mapping[str, Any]) -> list[Truth]:
         raise KeyError(f"reward columns missing from the dataset: {missing} (see grounded_rl.grpo.prompt_rows)")
     truths = []
     for i in range(n):
-        task = _task(kwargs["task"][i])
+        task = _task(kwargs["task"][i], _column(kwargs, "task_options", i, "{}"))
         kind = AnswerKind(kwargs["answer_kind"][i]) if "answer_kind" in kwargs else task.answer_kind
         boxes = [Box(*b) for b in _column(kwargs, "target_boxes", i, [])]
         sample = Sample(

@@ -22,7 +22,6 @@ Torch, transformers and TRL are imported inside :func:`train`: importing this mo
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -30,13 +29,13 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trace_forge.durable import write_json
 from trace_forge.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel
     from trl import SFTTrainer
 
-__all__ = ["RUN_RECORD", "SFTArgs", "freeze_vision_tower", "train"]
+__all__ = ["RUN_RECORD", "SFTArgs", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -154,24 +153,6 @@ class SFTArgs:
         return [r.strip() for r in self.report_to.split(",") if r.strip() and r.strip() != "none"]
 
 
-def freeze_vision_tower(model: PreTrainedModel) -> int:
-    """Freeze the vision encoder of a Qwen-VL model, keeping its merger (the projector into the LLM) trainable.
-
-    ViGoRL: "vision tower frozen, projector and LLM trained". The merger is ``visual.merger`` (and, for Qwen3-VL,
-    the ``deepstack_merger_list`` that feeds intermediate vision features into the LLM).
-
-    Returns:
-        The number of parameters frozen.
-    """
-    visual = model.model.visual
-    frozen = 0
-    for name, param in visual.named_parameters():
-        if not name.startswith(("merger.", "deepstack_merger_list.")):
-            param.requires_grad_(False)
-            frozen += param.numel()
-    return frozen
-
-
 def _versions() -> dict[str, str | None]:
     found: dict[str, str | None] = {}
     for package in _VERSIONED:
@@ -180,12 +161,6 @@ def _versions() -> dict[str, str | None]:
         except PackageNotFoundError:
             found[package] = None
     return found
-
-
-def _write_record(path: Path, record: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(path)
 
 
 def train(args: SFTArgs) -> SFTTrainer:
@@ -207,8 +182,9 @@ def train(args: SFTArgs) -> SFTTrainer:
     from trl import SFTConfig, SFTTrainer
     from trl.trainer.callbacks import RichProgressCallback
 
-    from grounded_rl.data import GroundedCollator, drop_unfit, load_traces, set_max_pixels
-    from grounded_rl.models import family_of, load_model_and_processor
+    from grounded_rl.data import GroundedCollator, drop_unfit, set_max_pixels
+    from grounded_rl.models import family_of, freeze_vision_tower, load_model_and_processor
+    from trace_forge.dataset import load_traces
 
     args.validate()
     out = Path(args.out)
@@ -312,7 +288,7 @@ def train(args: SFTArgs) -> SFTTrainer:
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     if trainer.is_world_process_zero():
-        _write_record(out / RUN_RECORD, record)
+        write_json(out / RUN_RECORD, record)
     logger.info("%s: %d rows, %d/%d parameters trainable", family.value, len(train_set), n_trainable, n_params)
 
     # ---- train ------------------------------------------------------------------------------------------------
@@ -339,5 +315,5 @@ def train(args: SFTArgs) -> SFTTrainer:
             guard=dict(collator.stats),
             log_history=trainer.state.log_history,
         )
-        _write_record(out / RUN_RECORD, record)
+        write_json(out / RUN_RECORD, record)
     return trainer

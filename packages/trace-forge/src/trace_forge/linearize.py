@@ -10,8 +10,9 @@ A *chain* is one grounded trajectory written out as a single response. Two kinds
   the prefix is written once: the text reads as one line of thought that turns back, not as two restarts.
 
 Chains are deduplicated by rendered text and capped per question by a seeded, deterministic draw that keeps
-both kinds in proportion. For multi-turn training, :func:`to_dialog` spreads a chain over assistant turns that
-zoom on each new point. Everything here is pure: no files, no images (the crops are cut by
+both kinds in proportion. For multi-turn training, :func:`plan_zooms` picks the steps that zoom (once, in the pixel
+frame) and :func:`dialog_turns` spreads a chain over assistant turns that zoom on those steps' points, in whatever
+frame the chain's points are. Everything here is pure: no files, no images (the crops are cut by
 :mod:`trace_forge.dataset`, from the points the tool turns name).
 """
 
@@ -19,7 +20,8 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from trace_forge.grounding import (
@@ -27,11 +29,13 @@ from trace_forge.grounding import (
     Point,
     Step,
     Trajectory,
+    format_point,
     render_answer_turn,
     render_backtracking,
     render_single_turn,
     render_zoom_turn,
 )
+from trace_forge.grounding.steps import move_anchor
 from trace_forge.search.tree import Node, Tree, makes_chain
 from trace_forge.tasks.prompts import PromptSet
 
@@ -42,8 +46,9 @@ __all__ = [
     "ChainSource",
     "LinearizeConfig",
     "Turn",
+    "dialog_turns",
     "linearize",
-    "to_dialog",
+    "plan_zooms",
 ]
 
 ChainKind = Literal["direct", "backtracking"]
@@ -52,32 +57,27 @@ _KINDS: tuple[ChainKind, ...] = ("direct", "backtracking")
 REPEAT_RADIUS_PX = 10.0
 """A step whose point lies within this many pixels of an earlier zoom point is not zoomed again."""
 
-"""The final turn's thought when every step was already spent on a zoom turn."""
-
 
 @dataclass(frozen=True)
 class LinearizeConfig:
-    """How trees become chains.
+    """How trees become chains; every field is a ``trace-forge linearize`` flag with this default and help."""
 
-    Attributes:
-        connector: the sentence between the wrong and the correct half of a backtracking chain.
-        max_per_question: keep at most this many chains per question (None: keep all).
-        include_backtracking: whether to emit backtracking chains at all.
-        seed: seeds the per-question draw when a question has more than ``max_per_question`` chains.
-        max_zooms: zoom turns per multi-turn dialog; 4 because the turn limit is 5 images with the original.
-    """
-
-    connector: str = DEFAULT_CONNECTOR
-    max_per_question: int | None = 16
-    include_backtracking: bool = True
-    seed: int = 0
-    max_zooms: int = 4
+    connector: str = field(default=DEFAULT_CONNECTOR, metadata={
+        "help": "The sentence between the wrong and the correct half of a backtracking chain."})
+    max_per_question: int | None = field(default=16, metadata={
+        "help": "Chains kept per question (a seeded draw keeping both kinds in proportion); 0 or none keeps all."})
+    include_backtracking: bool = field(default=True, metadata={"help": "Emit backtracking chains."})
+    seed: int = field(default=0, metadata={"help": "Seeds the per-question draw and the train/validation split."})
+    max_zooms: int = field(default=4, metadata={
+        "help": "Zoom turns per multi-turn dialog (4: the original image plus 4 crops is ViGoRL's limit)."})
 
     def __post_init__(self) -> None:
         if not self.connector.strip():
             raise ValueError("the backtracking connector must not be empty")
+        if self.max_per_question == 0:
+            object.__setattr__(self, "max_per_question", None)
         if self.max_per_question is not None and self.max_per_question < 1:
-            raise ValueError(f"max_per_question must be >= 1 or None, got {self.max_per_question}")
+            raise ValueError(f"max_per_question must be >= 1, 0 or None (all), got {self.max_per_question}")
         if self.max_zooms < 0:
             raise ValueError(f"max_zooms must be >= 0, got {self.max_zooms}")
 
@@ -103,8 +103,8 @@ class Chain:
     Attributes:
         question_id: the question the tree was searched for.
         kind: ``"direct"`` or ``"backtracking"``.
-        steps: every step in order, points in the pixel frame of the sample canvas.
-        answer: the final answer text (a point answer as written, e.g. ``"(412, 230)"``).
+        steps: every step in order, points in the pixel frame of the sample canvas (see :meth:`map_points`).
+        answer: the final answer text (a point answer as its literal, e.g. ``"(412, 230)"``).
         correct: whether the answer was judged correct (``reward >= 1``).
         reward: the verifier's score of the answer.
         node_values: mean values of the tree nodes on the path, root first.
@@ -112,6 +112,7 @@ class Chain:
         connector: for backtracking chains, the sentence written before ``steps[connector_index]``.
         connector_index: for backtracking chains, the number of steps (prefix and wrong rollout) before the
             connector.
+        answer_point: a point answer, unrounded, in the frame of the steps (None for other answers).
     """
 
     question_id: str
@@ -124,19 +125,34 @@ class Chain:
     source: ChainSource
     connector: str | None = None
     connector_index: int | None = None
+    answer_point: Point | None = None
 
     def __post_init__(self) -> None:
         backtracking = self.kind == "backtracking"
         if backtracking != (self.connector is not None) or backtracking != (self.connector_index is not None):
             raise ValueError("a backtracking chain (and only one) has a connector and a connector_index")
 
+    @property
+    def final(self) -> str | Point:
+        """The answer as rendered: the point for a point answer, else the text."""
+        return self.answer_point if self.answer_point is not None else self.answer
+
     def render(self) -> str:
         """The single-turn response: ``<think>`` with every step (and the connector), then the answer."""
         if self.connector_index is None:
-            return render_single_turn(Trajectory(self.steps, self.answer))
+            return render_single_turn(Trajectory(self.steps, self.final))
         wrong = Trajectory(self.steps[: self.connector_index])
-        right = Trajectory(self.steps[self.connector_index :], self.answer)
+        right = Trajectory(self.steps[self.connector_index :], self.final)
         return render_backtracking(wrong, right, self.connector)
+
+    def map_points(self, convert: Callable[[Point], Point]) -> Chain:
+        """This chain with every point (steps and a point answer) mapped by ``convert`` (e.g. into another frame);
+        each step's literal is rewritten to its new point, and a point answer's text to its new literal."""
+        steps = tuple(Step(move_anchor(s.text, s.point, p), p) for s in self.steps for p in [convert(s.point)])
+        if self.answer_point is None:
+            return replace(self, steps=steps)
+        point = convert(self.answer_point)
+        return replace(self, steps=steps, answer_point=point, answer=format_point(point))
 
 
 def _correct(reward: float | None) -> bool:
@@ -179,12 +195,13 @@ def _direct_chains(tree: Tree, question_id: str) -> list[Chain]:
         values = _values(tree, node)
         if node.terminal and makes_chain(node.reward, True, len(prefix)):
             chains.append(Chain(question_id, "direct", tuple(prefix), node.answer or "", True,
-                                float(node.reward or 0.0), values, ChainSource(node.id)))
+                                float(node.reward or 0.0), values, ChainSource(node.id),
+                                answer_point=node.answer_point))
         for i, rollout in enumerate(node.rollouts):
             steps = (*prefix, *rollout.steps)
             if makes_chain(rollout.reward, rollout.answered, len(steps)):
                 chains.append(Chain(question_id, "direct", steps, rollout.answer, True, rollout.reward,
-                                    values, ChainSource(node.id, (i,))))
+                                    values, ChainSource(node.id, (i,)), answer_point=rollout.answer_point))
     return chains
 
 
@@ -203,7 +220,7 @@ def _backtracking_chains(tree: Tree, question_id: str, connector: str) -> list[C
                 chains.append(Chain(
                     question_id, "backtracking", (*prefix, *bad.steps, *good.steps), good.answer, True,
                     good.reward, values, ChainSource(node.id, (i, j)), connector,
-                    len(prefix) + len(bad.steps),
+                    len(prefix) + len(bad.steps), good.answer_point,
                 ))
     return chains
 
@@ -243,7 +260,8 @@ class Turn:
     Attributes:
         role: ``"assistant"`` (a zoom call or the final answer) or ``"tool"`` (a zoom observation).
         text: the turn's text.
-        zoom: tool turns only: the rounded pixel point the crop is centred on (the point the call names).
+        zoom: tool turns only: the point the crop is centred on, as the call writes it (rounded, in the chain's
+            frame).
     """
 
     role: Literal["assistant", "tool"]
@@ -251,39 +269,54 @@ class Turn:
     zoom: tuple[int, int] | None = None
 
 
-def to_dialog(chain: Chain, prompts: PromptSet, *, dot: bool, max_zooms: int) -> list[Turn]:
-    """Spread a chain over zoom turns: a step on a new point thinks, then zooms on it; the last turn answers.
+def plan_zooms(steps: Sequence[Step], max_zooms: int) -> tuple[int, ...]:
+    """The indices of the steps a dialog zooms on: a step whose point lies farther than :data:`REPEAT_RADIUS_PX`
+    from every earlier zoom point, while fewer than ``max_zooms`` zooms were made. ``steps`` are in the pixel
+    frame, so the rule means the same whatever frame the dialog is written in.
 
-    A step is zoomed when its point is farther than :data:`REPEAT_RADIUS_PX` from every earlier zoom point
-    and fewer than ``max_zooms`` zooms were made. The text of steps that are not zoomed (repeats, or past the
-    limit) is carried into the next turn's thought, so no reasoning is lost; a backtracking connector stays
-    inside the thought it falls in. The final turn answers with the thought left over, or
-    the prompts' :meth:`~trace_forge.tasks.prompts.PromptSet.closing_thought`.
+    Example:
+        >>> from trace_forge.grounding import Point
+        >>> plan_zooms([Step("a", Point(10, 10)), Step("b", Point(15, 10)), Step("c", Point(90, 10))], 4)
+        (0, 2)
+    """
+    zoomed: list[int] = []
+    for i, step in enumerate(steps):
+        if len(zoomed) < max_zooms and all(step.point.distance(steps[z].point) > REPEAT_RADIUS_PX for z in zoomed):
+            zoomed.append(i)
+    return tuple(zoomed)
+
+
+def dialog_turns(chain: Chain, zoom_steps: Sequence[int], prompts: PromptSet, *, dot: bool) -> list[Turn]:
+    """Spread a chain over zoom turns: each step of ``zoom_steps`` thinks, then zooms on its point; the last turn
+    answers.
+
+    The text of steps that are not zoomed (repeats, or past the limit) is carried into the next turn's thought,
+    so no reasoning is lost; a backtracking connector stays inside the thought it falls in. The final turn
+    answers with the thought left over, or the prompts'
+    :meth:`~trace_forge.tasks.prompts.PromptSet.closing_thought`. Points are written in the chain's frame.
 
     Args:
         chain: the chain to spread.
+        zoom_steps: which steps zoom (:func:`plan_zooms`).
         prompts: the task's prompt set (the zoom observation text).
         dot: whether the task's crops carry a red dot (changes the observation text).
-        max_zooms: the most zoom turns.
 
     Returns:
         Alternating assistant and tool turns, then the final assistant turn.
     """
     turns: list[Turn] = []
-    zoomed: list[Point] = []
     thought: list[str] = []
+    zooms = set(zoom_steps)
     for i, step in enumerate(chain.steps):
         if i == chain.connector_index:
             thought.append(chain.connector)
         thought.append(step.render())
-        point = step.point
-        if len(zoomed) < max_zooms and all(point.distance(z) > REPEAT_RADIUS_PX for z in zoomed):
-            xy = point.rounded()
+        if i in zooms:
+            xy = step.point.rounded()
             turns.append(Turn("assistant", render_zoom_turn(" ".join(thought), xy)))
             turns.append(Turn("tool", prompts.zoom_observation(xy, dot), xy))
-            zoomed.append(point)
             thought = []
     if chain.connector_index == len(chain.steps):  # a correct rollout that answered without a new step
         thought.append(chain.connector)
-    turns.append(Turn("assistant", render_answer_turn(" ".join(thought) or prompts.closing_thought(), chain.answer)))
+    turns.append(Turn("assistant", render_answer_turn(" ".join(thought) or prompts.closing_thought(), chain.final)))
     return turns

@@ -28,8 +28,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from trace_forge.errors import ConfigError, DataError
 from trace_forge.grounding import Box, Frame, Point, Step, zoom
-from trace_forge.grounding.format import parse_point
-from trace_forge.search.store import TREES, RunStore, read_records
+from trace_forge.search.records import read_questions
+from trace_forge.search.store import TREES, RunStore
 from trace_forge.search.tree import Tree
 
 __all__ = [
@@ -211,6 +211,7 @@ def render_trace(
     crops: Sequence[Image.Image] | None = None,
     title: str | None = None,
     *,
+    answer_point: Point | None = None,
     target_boxes: Sequence[Box] = (),
     max_side: int = 1024,
 ) -> Image.Image:
@@ -221,10 +222,11 @@ def render_trace(
         steps: grounded steps with points in the ``pixel`` frame of ``image``, in order; step ``i`` is drawn
         as a
             disc with the number ``i + 1`` in ``PALETTE[i % 10]``, the same colour as its number in the panel.
-        answer: the final answer text; a point answer such as ``"(412, 230)"`` is also drawn as a gold ring.
+        answer: the final answer text.
         crops: zoom crops of a multi-turn chain, in order; crop ``i`` is tagged ``zoom i+1`` in step ``i``'s
         colour.
         title: a heading for the text panel (task, question id, kind, correctness).
+        answer_point: a point answer in the pixel frame, drawn as a gold ring.
         target_boxes: ground-truth boxes (pixel frame) drawn as green rectangles.
         max_side: the image is scaled down (never up) so its longer side is at most this.
 
@@ -246,7 +248,6 @@ def render_trace(
         base = base.resize(
             (max(1, round(base.width * scale)), max(1, round(base.height * scale))), Image.Resampling.LANCZOS
         )
-    answer_point = parse_point(answer) if answer else None
     _draw_markers(base, [s.point for s in steps], answer_point, target_boxes, scale)
     panel = _panel(steps, answer, title, base.height)
     top_h = max(base.height, panel.height)
@@ -275,6 +276,7 @@ class TraceView:
     crops: list[Image.Image] = field(default_factory=list)
     title: str = ""
     target_boxes: list[Box] = field(default_factory=list)
+    answer_point: Point | None = None
 
     def render(self, max_side: int = 1024) -> Image.Image:
         return render_trace(
@@ -283,6 +285,7 @@ class TraceView:
             self.answer,
             self.crops,
             self.title,
+            answer_point=self.answer_point,
             target_boxes=self.target_boxes,
             max_side=max_side,
         )
@@ -298,6 +301,7 @@ class TreeTrajectory:
     steps: list[Step]
     answer: str
     reward: float
+    answer_point: Point | None = None
 
     @property
     def correct(self) -> bool:
@@ -310,9 +314,11 @@ def tree_trajectories(tree: Tree) -> list[TreeTrajectory]:
     for node in tree.nodes:
         prefix = tree.steps_to(node)
         if node.terminal:
-            out.append(TreeTrajectory(node.id, None, prefix, node.answer or "", node.reward or 0.0))
+            out.append(TreeTrajectory(node.id, None, prefix, node.answer or "", node.reward or 0.0,
+                                      node.answer_point))
         for k, rollout in enumerate(node.rollouts):
-            out.append(TreeTrajectory(node.id, k, prefix + rollout.steps, rollout.answer, rollout.reward))
+            out.append(TreeTrajectory(node.id, k, prefix + rollout.steps, rollout.answer, rollout.reward,
+                                      rollout.answer_point))
     return out
 
 
@@ -333,63 +339,26 @@ def _boxes(raw: Sequence[Sequence[float]] | None) -> list[Box]:
 
 
 def dataset_views(path: str | Path, index: int = 0, split: str = "train") -> list[TraceView]:
-    """Row ``index`` of split ``split`` of a linearized dataset: ``path/hf`` or ``path`` (``save_to_disk``).
+    """Row ``index`` of split ``split`` of a linearized dataset (a folder written by ``linearize``).
 
-    The first image of the row is the canvas; the others are its zoom crops in order (multi-turn rows).
+    The first image of the row is the canvas; the others are its zoom crops in order (multi-turn rows). Points
+    are drawn in pixels of the canvas, whatever frame the dataset was written in.
 
     Raises:
-        DataError: ``path`` holds no saved dataset.
-        ConfigError: no such split or row.
+        DataError: ``path`` holds no trace dataset.
+        ConfigError: no such row.
     """
-    from datasets import DatasetDict, load_from_disk
+    from trace_forge.dataset import TraceRow, load_traces
 
-    root = Path(path)
-    root = root / "hf" if (root / "hf").is_dir() else root
-    try:
-        ds = load_from_disk(str(root))
-    except FileNotFoundError as e:
-        raise DataError(f"no dataset saved here ({e})", path=root) from e
-    if isinstance(ds, DatasetDict):
-        if split not in ds:
-            raise ConfigError(f"no split {split!r} in {root}; splits: {', '.join(ds)}")
-        ds = ds[split]
+    ds = load_traces(path, split)
     if not 0 <= index < len(ds):
-        raise ConfigError(f"--index {index} out of range: split {split!r} of {root} has {len(ds)} rows")
-    row = ds[index]
-    steps = [Step(s["text"], Point(s["x"], s["y"], s["frame"])) for s in row["steps"]]
-    verdict = "correct" if row["correct"] else "wrong"
-    title = f"{row['task']} · {row['question_id']} · {row['kind']}/{row['mode']} · {verdict}"
-    images = row["images"]
-    return [TraceView(images[0], steps, row["answer"], list(images[1:]), title, _boxes(row["target_boxes"]))]
-
-
-def _read_run_json(run_dir: Path) -> dict[str, Any]:
-    run = RunStore(run_dir).read_run_json() if run_dir.is_dir() else None
-    if run is None:
-        raise DataError("not a run directory (no run.json)", path=run_dir)
-    return run
-
-
-def _canvas(
-    run: dict[str, Any], record: dict[str, Any], data_dir: str | Path | None
-) -> tuple[Image.Image, Any]:
-    """The canvas of the record's sample re-loaded from the task data, and the task (for its zoom spec)."""
-    from trace_forge.tasks import get_task
-
-    task = get_task(run["task"], **(run.get("task_options") or {}))  # e.g. a generic task's column mapping
-    source = data_dir if data_dir is not None else run.get("data_dir")
-    qid = record["question_id"]
-    sample = next((s for s in task.load(data_dir=source, split=run.get("split")) if s.id == qid), None)
-    if sample is None:
-        raise DataError(f"question {qid!r} is not in the {task.name} data (pass --data-dir?)", path=source)
-    canvas = sample.canvas()
-    if list(canvas.size) != list(record["image_size"]):
-        raise DataError(
-            f"question {qid!r}: canvas is {canvas.size[0]}x{canvas.size[1]} but the run searched "
-            f"{record['image_size'][0]}x{record['image_size'][1]}; wrong --data-dir?",
-            path=source,
-        )
-    return canvas, task
+        raise ConfigError(f"--index {index} out of range: split {split!r} of {path} has {len(ds)} rows")
+    row = TraceRow.from_row(ds[index], where=path)
+    chain = row.chain.map_points(lambda p: p.to(Frame.PIXEL, row.geometry))
+    verdict = "correct" if chain.correct else "wrong"
+    title = f"{row.sample.task} · {row.sample.id} · {chain.kind}/{row.mode} · {verdict}"
+    return [TraceView(row.images[0], list(chain.steps), chain.answer, list(row.images[1:]), title,
+                      row.sample.target_boxes, chain.answer_point)]
 
 
 def run_views(
@@ -414,29 +383,33 @@ def run_views(
         ConfigError: no such question, or ``all_correct`` and none is correct.
     """
     run_dir = Path(run_dir)
-    run = _read_run_json(run_dir)
-    records = list(read_records(run_dir / TREES))
+    run = RunStore(run_dir).read_run() if run_dir.is_dir() else None
+    if run is None:
+        raise DataError("not a run directory (no run.json)", path=run_dir)
+    records = [record for _, record in read_questions(run_dir / TREES)]
     if not 0 <= index < len(records):
         raise ConfigError(f"--index {index} out of range: {run_dir / TREES} has {len(records)} questions")
     record = records[index]
-    tree = Tree.from_dict(record["tree"])
+    tree = record.tree
     if all_correct:
         chosen = [t for t in tree_trajectories(tree) if t.correct]
         if not chosen:
-            raise ConfigError(f"question {record['question_id']!r} has no correct trajectory")
+            raise ConfigError(f"question {record.id!r} has no correct trajectory")
     else:
         best = best_trajectory(tree)
         if best is None:
-            raise ConfigError(f"question {record['question_id']!r} has no trajectory (empty tree)")
+            raise ConfigError(f"question {record.id!r} has no trajectory (empty tree)")
         chosen = [best]
-    canvas, task = _canvas(run, record, data_dir)
+    canvas = record.question.sample(run_dir, data_dir if data_dir is not None else run.data_dir).canvas()
+    spec = record.question.task.build().zoom
     views = []
     for t in chosen:
         where = f"node {t.node}" + (f" rollout {t.rollout}" if t.rollout is not None else " (terminal)")
         verdict = "correct" if t.correct else "wrong"
-        crops = [zoom(canvas, s.point.x, s.point.y, task.zoom).image for s in t.steps] if zoom_crops else []
-        title = f"{record['task']} · {record['question_id']} · {where} · {verdict}"
-        views.append(TraceView(canvas, t.steps, t.answer, crops, title, _boxes(record.get("target_boxes"))))
+        crops = [zoom(canvas, s.point.x, s.point.y, spec).image for s in t.steps] if zoom_crops else []
+        title = f"{record.question.task.name} · {record.id} · {where} · {verdict}"
+        views.append(TraceView(canvas, t.steps, t.answer, crops, title, record.question.target_boxes,
+                               t.answer_point))
     return views
 
 

@@ -18,9 +18,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trace_forge.durable import read_records
 from trace_forge.errors import DataError
-from trace_forge.search.store import ERRORS, RUN_JSON, TREES, RunStore, read_records
-from trace_forge.search.tree import Tree, correct_trajectories
+from trace_forge.search.records import QuestionRecord, read_questions
+from trace_forge.search.store import ERRORS, RUN_JSON, TREES, RunStore
+from trace_forge.search.tree import correct_trajectories
 
 __all__ = ["CategoryStats", "RunStats", "run_stats", "records_stats"]
 
@@ -113,7 +115,7 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def records_stats(records: list[dict[str, Any]]) -> RunStats:
+def records_stats(records: list[QuestionRecord]) -> RunStats:
     """:class:`RunStats` of ``trees.jsonl`` records (``failed``, ``teacher`` and ``run_usage`` are left
     empty)."""
     s = RunStats(questions=len(records))
@@ -123,7 +125,7 @@ def records_stats(records: list[dict[str, Any]]) -> RunStats:
     usage: Counter[str] = Counter()
     categories: dict[str, CategoryStats] = {}
     for record in records:
-        tree = Tree.from_dict(record["tree"])
+        tree = record.tree
         correct = correct_trajectories(tree)
         s.correct_trajectories += correct
         for node in tree.nodes[1:]:
@@ -138,11 +140,11 @@ def records_stats(records: list[dict[str, Any]]) -> RunStats:
             s.rollouts_correct += sum(r.reward >= 1 for r in node.rollouts)
         s.nodes += len(tree.nodes) - 1
         s.solved += correct > 0
-        cat = categories.setdefault(record.get("category") or "-", CategoryStats())
+        cat = categories.setdefault(record.question.category or "-", CategoryStats())
         cat.questions += 1
         cat.solved += correct > 0
         cat.correct_trajectories += correct
-        counters = record.get("stats") or {}
+        counters = record.stats
         s.dead += int(counters.get(DEAD, 0))
         s.dropped += int(counters.get(DROPPED, 0))
         if isinstance(counters.get("stopped"), str):
@@ -168,11 +170,11 @@ def run_stats(run_dir: str | Path) -> RunStats:
     root = Path(run_dir)
     if not (root / TREES).exists() and not (root / RUN_JSON).exists():
         raise DataError("not a run directory (no trees.jsonl or run.json)", path=root)
-    records = list(read_records(root / TREES))
+    records = [record for _, record in read_questions(root / TREES)]
     stats = records_stats(records)
-    finished = {r["question_id"] for r in records}
+    finished = {r.id for r in records}
     stats.failed = len({e["question_id"] for e in read_records(root / ERRORS)} - finished)
-    run = RunStore(root).read_run_json() or {}
-    stats.teacher = run.get("teacher") or {}
-    stats.run_usage = {k: v for k, v in sorted((run.get("usage") or {}).items()) if _number(v)}
+    run = RunStore(root).read_run()
+    stats.teacher = run.teacher if run is not None else {}
+    stats.run_usage = {k: v for k, v in sorted((run.usage if run is not None else {}).items()) if _number(v)}
     return stats

@@ -10,7 +10,7 @@ import importlib
 
 import typer
 
-from trace_forge.cli._app import run
+from trace_forge.cli import run
 
 app = typer.Typer(
     name="grounded-rl",

@@ -12,7 +12,7 @@ from rich.table import Table
 from grounded_rl.cli import app
 from grounded_rl.demo import DemoConfig
 from grounded_rl.eval import EvalConfig
-from trace_forge.cli._app import console
+from trace_forge.cli import console
 from trace_forge.tasks import AnswerKind
 
 
@@ -48,6 +48,12 @@ Examples:
 
   grounded-rl eval --backend openai --base-url http://gpu1:8000/v1 --model Qwen/Qwen3-VL-8B-Instruct \
 --frame norm1000 --task screenspot-pro --data-dir data/ScreenSpot-Pro --out ev/sspro-qwen3
+
+  # SAT-2 with circular evaluation; a table of your own with the generic task
+
+  grounded-rl eval --model runs/vigorl-3b --task sat2 --data-dir data/sat2 --split val -o circular=true --out ev/sat2
+
+  grounded-rl eval --model runs/vigorl-3b --task generic --data-dir my.jsonl -o options=choices --out ev/mine
 """
 
 
@@ -57,6 +63,11 @@ def eval_command(
     task: Annotated[str, typer.Option(help=_eval_help("task"))],
     out: Annotated[Path, typer.Option(help="Output directory; rerun with the same settings to resume.")],
     data_dir: Annotated[str | None, typer.Option(help=_eval_help("data_dir"))] = _EVAL_DEFAULT["data_dir"],
+    option: Annotated[
+        list[str] | None,
+        typer.Option("--option", "-o", help=_eval_help("task_options") + " KEY=VALUE, VALUE read as JSON if it "
+                     "parses; repeatable."),
+    ] = None,
     split: Annotated[str | None, typer.Option(help=_eval_help("split"))] = _EVAL_DEFAULT["split"],
     limit: Annotated[int | None, typer.Option(help=_eval_help("limit"))] = _EVAL_DEFAULT["limit"],
     multi_turn: Annotated[bool, typer.Option(help=_eval_help("multi_turn"))] = _EVAL_DEFAULT["multi_turn"],
@@ -79,9 +90,10 @@ def eval_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from grounded_rl.eval import evaluate
+    from trace_forge.cli.tasks import parse_task_options
 
     config = EvalConfig(
-        task=task, model=model, data_dir=data_dir, split=split, limit=limit, multi_turn=multi_turn, samples=samples,
+        task=task, model=model, data_dir=data_dir, task_options=parse_task_options(option or []), split=split, limit=limit, multi_turn=multi_turn, samples=samples,
         temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed, max_images=max_images,
         backend=backend, base_urls=list(base_url or []), max_pixels=max_pixels, frame=frame, concurrency=concurrency,
     )
@@ -122,7 +134,7 @@ Examples:
 --multi-turn --out click.png
 
   grounded-rl demo --model runs/vigorl-3b --image room.jpg --query "Is the lamp left of the sofa?" \
---task-kind option --option yes --option no --out lamp.png
+--task-kind option --choice yes --choice no --out lamp.png
 """
 
 
@@ -133,7 +145,7 @@ def demo_command(
     query: Annotated[str, typer.Option(help=_demo_help("query"))],
     out: Annotated[Path, typer.Option(help=_demo_help("out"))],
     task_kind: Annotated[AnswerKind, typer.Option(help=_demo_help("task_kind"))] = _DEMO_DEFAULT["task_kind"],
-    option: Annotated[list[str] | None, typer.Option(help=_demo_help("options") + " Repeat per choice.")] = None,
+    choice: Annotated[list[str] | None, typer.Option(help=_demo_help("options") + " Repeat per choice.")] = None,
     multi_turn: Annotated[bool, typer.Option(help=_demo_help("multi_turn"))] = _DEMO_DEFAULT["multi_turn"],
     temperature: Annotated[float, typer.Option(help=_demo_help("temperature"))] = _DEMO_DEFAULT["temperature"],
     max_tokens: Annotated[int, typer.Option(help=_demo_help("max_tokens"))] = _DEMO_DEFAULT["max_tokens"],
@@ -146,7 +158,7 @@ def demo_command(
     from grounded_rl.demo import run_demo
 
     config = DemoConfig(
-        model=model, image=str(image), query=query, out=str(out), task_kind=task_kind, options=list(option or []),
+        model=model, image=str(image), query=query, out=str(out), task_kind=task_kind, options=list(choice or []),
         multi_turn=multi_turn, temperature=temperature, max_tokens=max_tokens, seed=seed, backend=backend,
         base_urls=list(base_url or []), frame=frame,
     )

@@ -1,14 +1,7 @@
-"""``trace-forge linearize``: turn a search run into a Hugging Face training dataset.
-
-Examples:
-    trace-forge linearize runs/vstar-001 --mode single
-    trace-forge linearize runs/vstar-001 --mode multi --max-zooms 3 --out data/vstar-multi --overwrite
-    trace-forge linearize runs/vstar-001 --mode single --no-backtracking --max-per-question 0
-"""
+"""``trace-forge linearize``: turn a search run into a Hugging Face training dataset."""
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
@@ -17,12 +10,26 @@ from rich.console import Console
 from rich.table import Table
 
 from trace_forge.cli._app import app, console
-from trace_forge.grounding import DEFAULT_CONNECTOR
+from trace_forge.cli.options import default, flag
+from trace_forge.grounding.frames import QWEN_FACTOR, QWEN_MAX_PIXELS, QWEN_MIN_PIXELS
+from trace_forge.linearize import LinearizeConfig
 
 out = Console()  # the summary table is the command's output: stdout (errors go to stderr through cli._app)
 
+_EXAMPLES = """\
+Examples:
 
-@app.command("linearize")
+  trace-forge linearize runs/vstar-sim --mode multi
+
+  # points written in the frame a model reads (its processor's resize), for plain TRL on that model
+
+  trace-forge linearize runs/vstar-sim --mode single --processor runs/tiny --out runs/vstar-sim/dataset-tiny
+
+  trace-forge linearize runs/vstar-72b --mode single --frame model --max-pixels 4194304 --no-backtracking
+"""
+
+
+@app.command("linearize", epilog=_EXAMPLES)
 def linearize_command(
     run_dir: Annotated[
         Path, typer.Argument(exists=True, file_okay=False, help="Search run folder (run.json, trees.jsonl).")
@@ -34,48 +41,60 @@ def linearize_command(
     data_dir: Annotated[
         Path | None, typer.Option("--data-dir", help="Task data folder, when it moved since the run.")
     ] = None,
-    connector: Annotated[
-        str, typer.Option(help="Sentence between the wrong and the right path.")
-    ] = DEFAULT_CONNECTOR,
-    max_per_question: Annotated[
-        int, typer.Option(min=0, help="Chains kept per question (seeded draw); 0 keeps all.")
-    ] = 16,
-    backtracking: Annotated[
-        bool, typer.Option("--backtracking/--no-backtracking", help="Emit backtracking chains.")
-    ] = True,
-    max_zooms: Annotated[int, typer.Option(min=0, help="Zoom turns per multi-turn dialog.")] = 4,
+    frame: Annotated[str, typer.Option(help=(
+        "The frame to write points in: pixel (of the image; model-agnostic), model (pixels of the image as a "
+        "Qwen2.5-VL processor resizes it, see --max-pixels) or norm1000 (Qwen3-VL's 0-1000 grid)."))] = "pixel",
+    processor: Annotated[Path | None, typer.Option(exists=True, file_okay=False, help=(
+        "A model checkpoint folder: write points in its frame and resize (config.json + "
+        "preprocessor_config.json); overrides --frame and the pixel bounds."))] = None,
+    max_pixels: Annotated[int, typer.Option(min=1, help="--frame model: the processor's max_pixels.")] = (
+        QWEN_MAX_PIXELS),
+    min_pixels: Annotated[int, typer.Option(min=1, help="--frame model: the processor's min_pixels.")] = (
+        QWEN_MIN_PIXELS),
+    factor: Annotated[int, typer.Option(min=1, help="--frame model: patch size x merge size.")] = QWEN_FACTOR,
+    connector: Annotated[str, flag(LinearizeConfig, "connector")] = default(LinearizeConfig, "connector"),
+    max_per_question: Annotated[int, flag(LinearizeConfig, "max_per_question", min=0)] = default(
+        LinearizeConfig, "max_per_question"),
+    include_backtracking: Annotated[bool, flag(LinearizeConfig, "include_backtracking",
+                                               "--backtracking/--no-backtracking")] = default(
+        LinearizeConfig, "include_backtracking"),
+    max_zooms: Annotated[int, flag(LinearizeConfig, "max_zooms", min=0)] = default(LinearizeConfig, "max_zooms"),
+    seed: Annotated[int, flag(LinearizeConfig, "seed")] = default(LinearizeConfig, "seed"),
     val_fraction: Annotated[
         float, typer.Option(min=0.0, max=0.99, help="Share of questions in the validation split.")
     ] = 0.05,
-    seed: Annotated[int, typer.Option(help="Seeds the per-question cap and the split.")] = 0,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an earlier dataset in the output.")
     ] = False,
 ) -> None:
-    """Linearize every tree of a run into chains and write them as a DatasetDict and parquet shards."""
+    """Linearize every tree of a run into chains and write them as a dataset folder (Hub layout, one copy)."""
     from trace_forge.dataset import MODES, linearize_run  # datasets is slow to import; keep --help fast
     from trace_forge.errors import ConfigError
-    from trace_forge.linearize import LinearizeConfig
+    from trace_forge.grounding import Frame, Resize, View
 
     if mode not in MODES:
         raise ConfigError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
-    config = LinearizeConfig(
-        connector=connector,
-        max_per_question=max_per_question or None,
-        include_backtracking=backtracking,
-        seed=seed,
-        max_zooms=max_zooms,
-    )
+    if frame not in [f.value for f in Frame]:
+        raise ConfigError(f"--frame must be one of {', '.join(f.value for f in Frame)}, got {frame!r}")
+    if processor is not None:
+        try:
+            view = View.of_checkpoint(processor)
+        except ValueError as e:
+            raise ConfigError(f"--processor: {e}") from None
+    else:
+        resize = Resize(min_pixels=min_pixels, max_pixels=max_pixels, factor=factor) if frame == "model" else None
+        view = View(Frame(frame), resize)
+    config = LinearizeConfig(connector=connector, max_per_question=max_per_question,
+                             include_backtracking=include_backtracking, seed=seed, max_zooms=max_zooms)
     target = out_dir or run_dir / f"dataset-{mode}"
     with console.status(f"linearizing {run_dir} ({mode}-turn)"):
-        dataset = linearize_run(run_dir, target, mode, config, data_dir, val_fraction=val_fraction,
-                                overwrite=overwrite)
+        counts = linearize_run(run_dir, target, mode, config, view=view, data_dir=data_dir,
+                               val_fraction=val_fraction, overwrite=overwrite)
 
-    title = f"{run_dir.name} ({mode}-turn)"
-    table = Table("split", "questions", "direct", "backtracking", "chains", title=title)
-    for split, ds in dataset.items():
-        kinds = Counter(ds["kind"])
-        counts = (len(set(ds["question_id"])), kinds["direct"], kinds["backtracking"], len(ds))
-        table.add_row(split, *map(str, counts))
+    table = Table("split", "questions", "direct", "backtracking", "chains",
+                  title=f"{run_dir.name} ({mode}-turn, points in the {view.frame.value} frame)")
+    for split, kinds in counts.rows.items():
+        values = (counts.questions[split], kinds["direct"], kinds["backtracking"], sum(kinds.values()))
+        table.add_row(split, *map(str, values))
     out.print(table)
-    out.print(f"saved to {target / 'hf'} and {target / 'parquet'}", highlight=False)
+    out.print(f"saved to {target}", highlight=False)

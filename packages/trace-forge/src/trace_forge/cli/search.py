@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 import platform
 import shlex
@@ -22,8 +23,12 @@ from rich.table import Table
 from rich.text import Text
 
 from trace_forge.cli._app import app, console
+from trace_forge.cli.options import default, flag
 from trace_forge.errors import ConfigError
 from trace_forge.grounding.frames import QWEN_MAX_PIXELS, QWEN_MIN_PIXELS
+from trace_forge.search.mcts import SearchConfig
+from trace_forge.teachers.runtime import RuntimeConfig
+from trace_forge.teachers.sim import SimTeacher
 
 _EXAMPLES = (
     "Examples:\n\n"
@@ -34,11 +39,6 @@ _EXAMPLES = (
     "--model Qwen/Qwen2.5-VL-72B-Instruct --base-url http://gpu1:8000/v1 --base-url http://gpu2:8000/v1 "
     "--simulations 20 --shard 0/4 --out runs/vstar-72b-s0"
 )
-
-# Parameters that must match for --resume to continue a run (others, like concurrency, may change); the teacher's
-# settings are compared too, less where it is served (see _resume_identity).
-_RESUME_KEYS = ("task", "task_options", "data_dir", "split", "params", "teacher_name", "teacher_model",
-                "prompt_version")
 
 # Seconds between writes of the teacher usage to run.json during a run: what a kill can lose of the accounting.
 USAGE_SAVE_INTERVAL_S = 30.0
@@ -54,6 +54,9 @@ def _parse_shard(shard: str | None) -> tuple[int, int] | None:
     if not 0 <= i < n:
         raise ConfigError(f"--shard {shard}: need 0 <= I < N")
     return i, n
+
+
+_SIM = inspect.signature(SimTeacher).parameters  # the sim teacher's settings: one default each
 
 
 @app.command(epilog=_EXAMPLES)
@@ -78,31 +81,30 @@ def search(
     ] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Search at most this many questions.")] = None,
     shard: Annotated[str | None, typer.Option(help="I/N: search only questions i with i % N == I.")] = None,
-    simulations: Annotated[int, typer.Option(min=1, help="MCTS simulations per question (paper: 20).")] = 8,
-    children: Annotated[int, typer.Option(min=1, help="Children per expansion (one request with n=k).")] = 3,
-    rollouts: Annotated[int, typer.Option(min=1, help="Rollouts per new child.")] = 2,
-    max_depth: Annotated[int, typer.Option(min=1, help="Tree depth at which an answer is forced.")] = 10,
-    rollout_max_steps: Annotated[int, typer.Option(min=1, help="Steps per rollout; the last is forced.")] = 5,
-    c: Annotated[float, typer.Option(min=0.0, help="UCB exploration constant.")] = 2.0,
-    temperature: Annotated[float, typer.Option(min=0.0, help="Teacher sampling temperature.")] = 1.0,
-    top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="Teacher nucleus sampling.")] = 1.0,
-    max_tokens: Annotated[int, typer.Option(min=1, help="Tokens per teacher step.")] = 512,
-    max_calls: Annotated[
-        int | None,
-        typer.Option(min=1, help="Per-question budget of teacher requests (checked between simulations; one "
-                     "simulation may overshoot)."),
-    ] = None,
-    max_question_tokens: Annotated[
-        int | None, typer.Option(min=1, help="Per-question budget of prompt + completion tokens.")
-    ] = None,
-    stop_after_correct: Annotated[
-        int | None, typer.Option(min=1, help="Stop a question once it has this many correct trajectories.")
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of every teacher request (with the cache: reproducible).")] = 0,
-    concurrency: Annotated[int, typer.Option(min=1, help="Teacher requests in flight at once.")] = 64,
-    requests_per_second: Annotated[float | None, typer.Option(help="Rate limit of teacher requests.")] = None,
-    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds before a teacher request is cancelled.")] = 120.0,
-    max_retries: Annotated[int, typer.Option(min=0, help="Retries per request on 429/5xx/timeouts.")] = 6,
+    simulations: Annotated[int, flag(SearchConfig, "simulations", min=1)] = default(SearchConfig, "simulations"),
+    children: Annotated[int, flag(SearchConfig, "children", min=1)] = default(SearchConfig, "children"),
+    rollouts: Annotated[int, flag(SearchConfig, "rollouts", min=1)] = default(SearchConfig, "rollouts"),
+    max_depth: Annotated[int, flag(SearchConfig, "max_depth", min=1)] = default(SearchConfig, "max_depth"),
+    rollout_max_steps: Annotated[int, flag(SearchConfig, "rollout_max_steps", min=1)] = default(
+        SearchConfig, "rollout_max_steps"),
+    c: Annotated[float, flag(SearchConfig, "c", min=0.0)] = default(SearchConfig, "c"),
+    temperature: Annotated[float, flag(SearchConfig, "temperature", min=0.0)] = default(SearchConfig, "temperature"),
+    top_p: Annotated[float, flag(SearchConfig, "top_p", min=0.0, max=1.0)] = default(SearchConfig, "top_p"),
+    max_tokens: Annotated[int, flag(SearchConfig, "max_tokens", min=1)] = default(SearchConfig, "max_tokens"),
+    max_calls: Annotated[int | None, flag(SearchConfig, "max_calls", min=1)] = default(SearchConfig, "max_calls"),
+    max_question_tokens: Annotated[int | None, flag(SearchConfig, "max_question_tokens", min=1)] = default(
+        SearchConfig, "max_question_tokens"),
+    stop_after_correct: Annotated[int | None, flag(SearchConfig, "stop_after_correct", min=1)] = default(
+        SearchConfig, "stop_after_correct"),
+    seed: Annotated[int, flag(SearchConfig, "seed")] = default(SearchConfig, "seed"),
+    concurrency: Annotated[int, flag(RuntimeConfig, "concurrency", min=1, help="Teacher requests in flight at once.")
+                           ] = default(RuntimeConfig, "concurrency"),
+    requests_per_second: Annotated[float | None, flag(RuntimeConfig, "requests_per_second", help=(
+        "Rate limit of teacher requests."))] = default(RuntimeConfig, "requests_per_second"),
+    timeout: Annotated[float, flag(RuntimeConfig, "timeout_s", "--timeout", min=0.1, help=(
+        "Seconds before a teacher request is cancelled."))] = default(RuntimeConfig, "timeout_s"),
+    max_retries: Annotated[int, flag(RuntimeConfig, "max_retries", min=0, help=(
+        "Retries per request on 429/5xx/timeouts."))] = default(RuntimeConfig, "max_retries"),
     max_pixels: Annotated[
         int,
         typer.Option(min=0, help="Resize images before sending (Qwen2.5-VL smart_resize, multiples of 28) to at "
@@ -112,9 +114,11 @@ def search(
     ] = QWEN_MAX_PIXELS,
     min_pixels: Annotated[int, typer.Option(min=1, help="Lower pixel bound of the resize (unused with "
                                             "--max-pixels 0).")] = QWEN_MIN_PIXELS,
-    sim_skill: Annotated[float, typer.Option(help="sim: probability a step points at the target.")] = 0.5,
-    sim_accuracy: Annotated[float, typer.Option(help="sim: probability a final answer is right.")] = 0.5,
-    resume: Annotated[bool, typer.Option(help="Continue a run in OUT, skipping finished questions.")] = False,
+    sim_skill: Annotated[float, typer.Option(help="sim: probability a step points at the target.")] = _SIM[
+        "skill"].default,
+    sim_accuracy: Annotated[float, typer.Option(help="sim: probability a final answer is right before a step hit "
+                                                "the target.")] = _SIM["answer_accuracy"].default,
+    resume: Annotated[bool, typer.Option(help="Continue the run in OUT, skipping finished questions.")] = False,
     linearize: Annotated[bool, typer.Option(help="Write the single-turn dataset when the search ends.")] = True,
     quiet: Annotated[bool, typer.Option(help="No progress display.")] = False,
 ) -> None:
@@ -125,32 +129,39 @@ def search(
     linearized into a Hugging Face dataset under OUT/dataset-single (see `trace-forge linearize` for multi-turn).
     """
     from trace_forge import __version__
-    from trace_forge.cli.tasks import make_task, parse_task_options
+    from trace_forge.cli.tasks import parse_task_options
     from trace_forge.grounding import Resize
-    from trace_forge.search.mcts import SearchConfig
+    from trace_forge.search.records import RunRecord
     from trace_forge.search.store import RunStore
+    from trace_forge.tasks import TaskSpec
     from trace_forge.tasks.prompts import PROMPT_VERSION
-    from trace_forge.teachers import RuntimeConfig, build_client
+    from trace_forge.teachers import build_client
 
     shard_in = _parse_shard(shard)
     config = SearchConfig(
         simulations=simulations, c=c, children=children, rollouts=rollouts, max_depth=max_depth,
         rollout_max_steps=rollout_max_steps, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
-        seed=seed, max_calls=max_calls, max_tokens_total=max_question_tokens, stop_after_correct=stop_after_correct,
+        seed=seed, max_calls=max_calls, max_question_tokens=max_question_tokens,
+        stop_after_correct=stop_after_correct,
     )
     model = model or ("sim" if teacher == "sim" else None)
     if model is None:
         raise ConfigError(f"--model is required for teacher {teacher!r}")
     store = RunStore(out)
-    if store.trees_path.exists() and not resume:
+    previous = store.read_run()
+    if resume and previous is None:
+        raise ConfigError(f"--resume: {out} holds no run (no {store.run_path.name}); drop --resume to start one")
+    if not resume and (previous is not None or store.trees_path.exists()):
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    task_options = parse_task_options(option or [])
-    task_obj = make_task(task, task_options)
+    spec = TaskSpec(task, parse_task_options(option or []))
+    task_obj = spec.build()
     samples = list(task_obj.load(data_dir, split=split, limit=limit))
     if shard_in is not None:
         samples = [s for i, s in enumerate(samples) if i % shard_in[1] == shard_in[0]]
     if not samples:
-        raise ConfigError(f"no questions to search (task {task}, split {split}, shard {shard})")
+        where = str(data_dir) if data_dir is not None else f"the Hub dataset {task_obj.hub_id}"
+        raise ConfigError(f"no questions to search in {where} (task {task}, split "
+                          f"{split or task_obj.default_split}" + (f", shard {shard}" if shard else "") + ")")
 
     extra = {}
     if teacher == "sim":
@@ -160,35 +171,33 @@ def search(
                             max_retries=max_retries)
     client = build_client(teacher, model, base_url or (), api_key_env, config=runtime,
                           cache_path=store.cache_path, resize=resize, **extra)
-    run_info = {
-        "command": shlex.join(["trace-forge", *sys.argv[1:]]),
-        "task": task,
-        "task_options": task_options,
-        "data_dir": str(data_dir.resolve()) if data_dir else None,
-        "split": split,
-        "limit": limit,
-        "shard": shard,
-        "params": asdict(config),
-        "teacher_name": teacher,
-        "teacher_model": model,
-        "teacher": {"backend": teacher, "model": model, "base_urls": list(base_url or []),
-                    "max_pixels": resize.max_pixels if resize else None,
-                    "min_pixels": resize.min_pixels if resize else None,
-                    **client.teacher.describe()},
-        "prompt_version": PROMPT_VERSION,
-        "versions": {"trace_forge": __version__, "python": platform.python_version()},
-    }
-    previous = store.read_run_json()
-    if resume and previous is not None:
-        changed = _resume_changes(previous, run_info)
+    run = RunRecord(
+        task=spec,
+        params=asdict(config),
+        teacher={"backend": teacher, "model": model, "base_urls": list(base_url or []),
+                 "max_pixels": resize.max_pixels if resize else None,
+                 "min_pixels": resize.min_pixels if resize else None,
+                 **client.teacher.describe()},
+        prompt_version=PROMPT_VERSION,
+        data_dir=str(data_dir.resolve()) if data_dir else None,
+        split=split,
+        limit=limit,
+        shard=shard,
+        command=shlex.join(["trace-forge", *sys.argv[1:]]),
+        versions={"trace_forge": __version__, "python": platform.python_version()},
+    )
+    if previous is not None:
+        changed = previous.differences(run)
         if changed:
             asyncio.run(client.aclose())
-            raise ConfigError(f"--resume: {out} was made with different {', '.join(changed)}; use another --out")
-    store.start_session(run_info, resume=resume)
+            raise ConfigError(f"--resume: {out} was made with other settings ({'; '.join(changed)}); use the same "
+                              "settings, or another --out")
+    store.start_session(run, resume=resume)
 
     usage_log = _UsageLog(store, client)
     try:
-        summary = asyncio.run(_search_with_progress(samples, task_obj, client, config, store, quiet, usage_log))
+        summary = asyncio.run(
+            _search_with_progress(samples, task_obj, client, config, store, quiet, usage_log, data_dir))
     finally:  # an interrupted run still records what it spent
         usage_log.save(finished=True)
     usage = client.snapshot()
@@ -199,31 +208,15 @@ def search(
         from trace_forge.errors import DataError
 
         try:
-            dataset = linearize_run(out, out / "dataset-single", "single", data_dir=data_dir, overwrite=True)
+            counts = linearize_run(out, out / "dataset-single", "single", data_dir=data_dir, overwrite=True)
         except DataError as e:  # e.g. no correct trajectory yet: the trees are still worth keeping
             console.print(f"[yellow]no dataset written:[/] {escape(str(e))}")
         else:
-            sizes = ", ".join(f"{name} {len(split_ds)}" for name, split_ds in dataset.items())
+            sizes = ", ".join(f"{name} {sum(kinds.values())}" for name, kinds in counts.rows.items())
             console.print(f"single-turn dataset: {out / 'dataset-single'} ({sizes})")
     if summary.failed:
         console.print(f"[yellow]{summary.failed} question(s) failed; see {store.errors_path}[/]")
         raise typer.Exit(1)
-
-
-def _resume_identity(info: dict) -> dict:
-    """What must match between a run and its resumption: the keys above and the teacher's settings."""
-    from trace_forge.teachers.runtime import teacher_settings
-
-    return {**{k: info.get(k) for k in _RESUME_KEYS}, "teacher": teacher_settings(info.get("teacher") or {})}
-
-
-def _resume_changes(previous: dict, current: dict) -> list[str]:
-    """Names of the resume-identity fields that differ; teacher fields are named one by one (``teacher.skill``)."""
-    old, new = _resume_identity(previous), _resume_identity(current)
-    changed = [k for k in _RESUME_KEYS if old[k] != new[k]]
-    changed += [f"teacher.{k}" for k in sorted(old["teacher"].keys() | new["teacher"].keys())
-                if old["teacher"].get(k) != new["teacher"].get(k)]
-    return changed
 
 
 class _UsageLog:
@@ -243,7 +236,7 @@ class _UsageLog:
         self.last = time.monotonic()
 
 
-async def _search_with_progress(samples, task, client, config, store, quiet, usage_log):
+async def _search_with_progress(samples, task, client, config, store, quiet, usage_log, data_dir):
     from trace_forge.search.mcts import run_search
 
     progress = Progress(
@@ -274,7 +267,7 @@ async def _search_with_progress(samples, task, client, config, store, quiet, usa
         finished = store.finished()
         progress.update(bar, completed=sum(s.id in finished for s in samples))
         with nullcontext() if quiet else Live(Group(progress, stats), console=console, refresh_per_second=4):
-            return await run_search(samples, task, client, config, store, on_done=on_done)
+            return await run_search(samples, task, client, config, store, data_dir=data_dir, on_done=on_done)
 
 
 def _print_summary(summary, usage, total) -> None:

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from trace_forge.cli._app import app
 from trace_forge.errors import ConfigError
-from trace_forge.tasks import Sample, Task, get_task, task_names
+from trace_forge.tasks import Sample, TaskSpec, get_task, task_names
 
 tasks_app = typer.Typer(help="Benchmark tasks: list them and preview their samples.", no_args_is_help=True)
 app.add_typer(tasks_app, name="tasks")
@@ -58,7 +58,7 @@ def show(
     ] = None,
 ) -> None:
     """Load a task's samples and print them with the counts of what was read and skipped."""
-    task = make_task(task_name, parse_task_options(option or []))
+    task = TaskSpec(task_name, parse_task_options(option or [])).build()
     samples = list(task.load(data_dir=data_dir, split=split, limit=limit, skip_bad=skip_bad))
     table = Table("id", "category", "question", "options / answer", "boxes (xyxy px)", "images", title=task.name)
     for sample in samples:
@@ -87,14 +87,6 @@ def parse_task_options(pairs: list[str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             options[key] = value
     return options
-
-
-def make_task(name: str, options: dict[str, Any]) -> Task:
-    """The task ``name`` built with ``options``; an option its constructor does not take is a ConfigError."""
-    try:
-        return get_task(name, **options)
-    except TypeError as e:  # an option the task's constructor does not take
-        raise ConfigError(f"bad option for task {name!r}: {e}") from None
 
 
 def _answer_cell(sample: Sample) -> str:

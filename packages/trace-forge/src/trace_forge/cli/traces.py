@@ -132,25 +132,22 @@ def publish(
     ],
     repo_id: Annotated[str, typer.Option("--repo-id", help="Hub dataset id, ORG/NAME.")],
     private: Annotated[bool, typer.Option("--private", help="Create the repository as private.")] = False,
-    run_dir: Annotated[
-        Path | None,
-        typer.Option("--run-dir", help="The search run, for provenance when DIR has none (default: DIR/.. when it "
-                     "holds run.json)."),
-    ] = None,
     license_id: Annotated[
         str | None,
-        typer.Option("--license", help="Licence id for the card (default: provenance, else other)."),
+        typer.Option("--license", help="Licence id to set in the card first (default: the card's, else other)."),
     ] = None,
     card_only: Annotated[
         bool, typer.Option("--card-only", help="Print the dataset card and upload nothing.")
     ] = False,
 ) -> None:
-    """Upload the parquet shards and a dataset card to the Hub in one commit (token: HF_TOKEN or hf login)."""
+    """Upload a dataset folder (card, provenance, parquet shards) to the Hub in one commit (token: HF_TOKEN or hf
+    login)."""
     from trace_forge import publish as pub
+    from trace_forge.card import CARD
 
     if card_only:
-        provenance = pub.load_provenance(dataset_dir, run_dir)
-        typer.echo(pub.render_card(repo_id, provenance, pub.summarize(dataset_dir), license_id), nl=False)
+        pub.check_dataset_dir(dataset_dir)
+        typer.echo((dataset_dir / CARD).read_text(encoding="utf-8"), nl=False)
         return
-    url = pub.publish(dataset_dir, repo_id, private, run_dir=run_dir, license_id=license_id)
+    url = pub.publish(dataset_dir, repo_id, private, license_id=license_id)
     out.print(url, highlight=False)

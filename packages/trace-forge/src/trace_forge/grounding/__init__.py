@@ -2,6 +2,7 @@
 
 from trace_forge.grounding.format import (
     DEFAULT_CONNECTOR,
+    TOOL_RESPONSE,
     ZOOM_TOOL_NAME,
     ZOOM_TOOL_SPEC,
     Parsed,
@@ -18,10 +19,10 @@ from trace_forge.grounding.format import (
     render_zoom_turn,
 )
 from trace_forge.grounding.frames import (
+    MODEL_TYPE_FRAMES,
     QWEN_FACTOR,
     QWEN_MAX_PIXELS,
     QWEN_MIN_PIXELS,
-    MODEL_TYPE_FRAMES,
     Frame,
     ImageGeometry,
     Resize,
@@ -29,10 +30,11 @@ from trace_forge.grounding.frames import (
     smart_resize,
 )
 from trace_forge.grounding.steps import Box, Point, Step, Trajectory, format_point
-from trace_forge.grounding.zoom import GUI_ZOOM, VISUAL_SEARCH_ZOOM, CropBox, Zoom, ZoomSpec, zoom
+from trace_forge.grounding.zoom import GUI_ZOOM, VISUAL_SEARCH_ZOOM, CropBox, Zoom, ZoomSpec, zoom, zoom_on
 
 __all__ = [
     "DEFAULT_CONNECTOR",
+    "TOOL_RESPONSE",
     "ZOOM_TOOL_NAME",
     "ZOOM_TOOL_SPEC",
     "Parsed",
@@ -53,6 +55,7 @@ __all__ = [
     "Zoom",
     "ZoomSpec",
     "zoom",
+    "zoom_on",
     "QWEN_FACTOR",
     "QWEN_MAX_PIXELS",
     "QWEN_MIN_PIXELS",

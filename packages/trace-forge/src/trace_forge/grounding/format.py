@@ -24,6 +24,7 @@ from trace_forge.grounding.steps import LITERAL_RE, NUMBER, Point, Step, Traject
 
 __all__ = [
     "DEFAULT_CONNECTOR",
+    "TOOL_RESPONSE",
     "ZOOM_TOOL_NAME",
     "ZOOM_TOOL_SPEC",
     "Expect",
@@ -42,6 +43,10 @@ __all__ = [
 ]
 
 DEFAULT_CONNECTOR = "Wait, this seems off. Let's try something else."
+# What wraps a tool's reply in the user turn that carries it (Qwen's convention, which our chat templates render
+# for a "tool" message): a dataset or an API request that has no tool role writes these parts around the reply,
+# and the model reads the same tokens it reads in GRPO's tool loop.
+TOOL_RESPONSE = ("<tool_response>\n", "\n</tool_response>")
 ZOOM_TOOL_NAME = "zoom"
 # OpenAI "function" tool format, which chat templates (Qwen's included) accept through ``tools=[...]``.
 ZOOM_TOOL_SPEC: dict[str, Any] = {

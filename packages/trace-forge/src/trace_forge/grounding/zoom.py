@@ -15,7 +15,10 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-__all__ = ["ZoomSpec", "VISUAL_SEARCH_ZOOM", "GUI_ZOOM", "CropBox", "Zoom", "zoom"]
+from trace_forge.grounding.frames import Frame, ImageGeometry
+from trace_forge.grounding.steps import Point
+
+__all__ = ["ZoomSpec", "VISUAL_SEARCH_ZOOM", "GUI_ZOOM", "CropBox", "Zoom", "zoom", "zoom_on"]
 
 _DOT_FILL = (255, 0, 0)
 _DOT_OUTLINE = (255, 255, 255)
@@ -159,6 +162,21 @@ def zoom(image: Image.Image, x: float, y: float, spec: ZoomSpec = VISUAL_SEARCH_
     if spec.dot:
         _draw_dot(crop, *result.to_crop(x, y), spec.out)
     return result
+
+
+def zoom_on(image: Image.Image, point: Point, geometry: ImageGeometry, spec: ZoomSpec = VISUAL_SEARCH_ZOOM) -> Zoom:
+    """:func:`zoom` on a point written in any frame of ``image``'s ``geometry``: the point is converted to the pixel
+    frame first. The zoom tool of GRPO and evaluation and the crops of a training dataset are all cut here, so a
+    dialog shows the model the same crop wherever it comes from.
+
+    Example:
+        >>> from PIL import Image
+        >>> g = ImageGeometry(1000, 800, 500, 400)
+        >>> zoom_on(Image.new("RGB", (1000, 800)), Point(250, 200, "model"), g).center
+        (500.5, 400.5)
+    """
+    pixel = point.to(Frame.PIXEL, geometry)
+    return zoom(image, pixel.x, pixel.y, spec)
 
 
 def _draw_dot(image: Image.Image, cx: float, cy: float, out: int) -> None:

@@ -29,11 +29,11 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import Path
 
 from trace_forge.errors import TraceForgeError
-from trace_forge.grounding import Frame, ImageGeometry, Point, Step
-from trace_forge.grounding import ProblemCode, format_point, parse_response
+from trace_forge.grounding import Frame, ImageGeometry, Point, ProblemCode, Step, format_point, parse_response
+from trace_forge.search.records import Question, QuestionRecord, store_images
 from trace_forge.search.store import RunStore
 from trace_forge.search.tree import Node, Rollout, Tree, backup, correct_trajectories, select
 from trace_forge.tasks import AnswerKind, Sample, Task, score_answer
@@ -42,7 +42,7 @@ from trace_forge.tasks.scoring import official_point
 from trace_forge.teachers import Completion, ImageRef, Message, SamplingParams, TeacherClient
 from trace_forge.teachers.errors import TeacherError, TeacherFormatError
 
-__all__ = ["SearchConfig", "QuestionSearch", "SearchResult", "RunSummary", "run_search"]
+__all__ = ["SearchConfig", "QuestionSearch", "SearchResult", "RunSummary", "question_record", "run_search"]
 
 log = logging.getLogger(__name__)
 
@@ -55,36 +55,28 @@ EXPAND_ATTEMPTS = 3
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """Search parameters. Defaults follow ViGoRL (``vigorl-paper.md``, Table A4 and the released script).
+    """Search parameters. Defaults follow ViGoRL (``vigorl-paper.md``, Table A4 and the released script); every
+    field is a ``trace-forge search`` flag with this default and help."""
 
-    Attributes:
-        simulations: simulations per question (released script: 8; paper: 20).
-        c: UCB exploration constant (paper and script: 2.0).
-        children: samples per expansion (3).
-        rollouts: rollouts per new child (2).
-        max_depth: deepest tree level; an answer is forced there (10).
-        rollout_max_steps: ephemeral steps per rollout, the last one forced to answer (5).
-        temperature, top_p, max_tokens: teacher sampling (1.0, 1.0, 512 tokens per step).
-        seed: base of every request's seed.
-        max_calls: per-question budget of teacher requests that reached the server (cache hits are free);
-            checked between simulations, so the simulation that reaches it may overshoot.
-        max_tokens_total: per-question budget of prompt + completion tokens.
-        stop_after_correct: end a question's search once this many correct trajectories exist.
-    """
-
-    simulations: int = 8
-    c: float = 2.0
-    children: int = 3
-    rollouts: int = 2
-    max_depth: int = 10
-    rollout_max_steps: int = 5
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_tokens: int = 512
-    seed: int = 0
-    max_calls: int | None = None
-    max_tokens_total: int | None = None
-    stop_after_correct: int | None = None
+    simulations: int = field(default=8, metadata={"help": "MCTS simulations per question (released script: 8; "
+                                                          "paper: 20)."})
+    c: float = field(default=2.0, metadata={"help": "UCB exploration constant (paper: 2.0)."})
+    children: int = field(default=3, metadata={"help": "Children per expansion, asked in one request with n=k."})
+    rollouts: int = field(default=2, metadata={"help": "Rollouts per new child."})
+    max_depth: int = field(default=10, metadata={"help": "Tree depth at which an answer is forced."})
+    rollout_max_steps: int = field(default=5, metadata={"help": "Steps per rollout; the last one is forced to "
+                                                                "answer."})
+    temperature: float = field(default=1.0, metadata={"help": "Teacher sampling temperature."})
+    top_p: float = field(default=1.0, metadata={"help": "Teacher nucleus sampling mass."})
+    max_tokens: int = field(default=512, metadata={"help": "Tokens per teacher step."})
+    seed: int = field(default=0, metadata={"help": "Base of every request's seed (with the cache: reproducible)."})
+    max_calls: int | None = field(default=None, metadata={
+        "help": "Per-question budget of teacher requests that reached the server (cache hits are free); checked "
+                "between simulations, so one simulation may overshoot."})
+    max_question_tokens: int | None = field(default=None, metadata={
+        "help": "Per-question budget of prompt + completion tokens."})
+    stop_after_correct: int | None = field(default=None, metadata={
+        "help": "Stop a question once it has this many correct trajectories."})
 
     def __post_init__(self) -> None:
         from trace_forge.errors import ConfigError
@@ -141,6 +133,7 @@ class _Read:
     answer: str | None = None
     reward: float = 0.0
     problem: str | None = None
+    answer_point: Point | None = None
 
 
 class QuestionSearch:
@@ -202,7 +195,7 @@ class QuestionSearch:
     def _should_stop(self) -> str | None:
         cfg, s = self.config, self.stats
         if (cfg.max_calls is not None and s.requests >= cfg.max_calls) or (
-            cfg.max_tokens_total is not None and s.tokens >= cfg.max_tokens_total
+            cfg.max_question_tokens is not None and s.tokens >= cfg.max_question_tokens
         ):
             return "budget"
         if cfg.stop_after_correct is not None and SearchResult(self.tree, s).correct >= cfg.stop_after_correct:
@@ -227,7 +220,8 @@ class QuestionSearch:
             for comp in samples:
                 read = self._read(comp.text, force)
                 if read.answer is not None:
-                    children.append(self.tree.add_child(node, answer=read.answer, reward=read.reward))
+                    children.append(self.tree.add_child(node, answer=read.answer, reward=read.reward,
+                                                        answer_point=read.answer_point))
                 elif read.step is None:
                     self.stats.dead += 1
                 elif (xy := self._teacher_xy(read.step.point)) in used:
@@ -264,14 +258,16 @@ class QuestionSearch:
                 )
             read = self._read(comp.text, t == max_steps)
             if read.answer is not None:
-                return Rollout(steps, read.answer, read.reward, forced=t == max_steps, answered=True)
+                return Rollout(steps, read.answer, read.reward, forced=t == max_steps, answered=True,
+                               answer_point=read.answer_point)
             if read.step is not None:
                 steps.append(read.step)
             else:
                 self.stats.dead += 1
         # Never answered: judge the last text, as the reference does, so the rollout still informs the tree.
-        answer, reward = self._judge(_strip_tags(comp.text))
-        return Rollout(steps, answer, reward, forced=True, answered=False)
+        judged = self._judge(_strip_tags(comp.text))
+        return Rollout(steps, judged.answer, judged.reward, forced=True, answered=False,
+                       answer_point=judged.answer_point)
 
     # --- teacher I/O ---------------------------------------------------------------------------------------------
 
@@ -303,8 +299,7 @@ class QuestionSearch:
         """Interpret one teacher sample as a step or an answer; points come back in the pixel frame."""
         parsed = parse_response(text, geometry=self.geometry, frame=TEACHER_FRAME, expect="step")
         if parsed.answer is not None and parsed.answer.strip():
-            answer, reward = self._judge(parsed.answer)
-            return _Read(answer=answer, reward=reward)
+            return self._judge(parsed.answer)
         if force:
             return _Read(problem="no_answer")
         if len(parsed.think) != 1 or len(parsed.steps) != 1:
@@ -318,17 +313,18 @@ class QuestionSearch:
             return _Read(problem="point_outside_image")
         return _Read(step=step.to(Frame.PIXEL, self.geometry))
 
-    def _judge(self, answer: str) -> tuple[str, float]:
-        """The stored answer text and its official score (:func:`~trace_forge.tasks.score_answer`).
+    def _judge(self, answer: str) -> _Read:
+        """An answer with its official score (:func:`~trace_forge.tasks.score_answer`).
 
-        A point answer is stored as its literal in the pixel frame, converted like the steps' points, so it reads
-        back in the teacher's frame exactly as the teacher wrote it.
+        A point answer is kept in the pixel frame, converted like the steps' points (so it reads back in the
+        teacher's frame exactly as the teacher wrote it), and stored as that point's literal.
         """
-        score = score_answer(self.task, self.sample, answer, self.geometry, TEACHER_FRAME).score
+        score = float(score_answer(self.task, self.sample, answer, self.geometry, TEACHER_FRAME).score)
         xy = official_point(answer) if self.sample.answer_kind is AnswerKind.POINT else None
-        if xy is not None:
-            answer = format_point(Point(*xy, TEACHER_FRAME).to(Frame.PIXEL, self.geometry))
-        return answer, float(score)
+        if xy is None:
+            return _Read(answer=answer, reward=score)
+        point = Point(*xy, TEACHER_FRAME).to(Frame.PIXEL, self.geometry)
+        return _Read(answer=format_point(point), reward=score, answer_point=point)
 
     def _teacher_xy(self, point: Point) -> tuple[int, int]:
         return point.to(TEACHER_FRAME, self.geometry).rounded()
@@ -359,32 +355,17 @@ class RunSummary:
 
 
 def question_record(
-    sample: Sample, tree: Tree, *, image_size: tuple[int, int], teacher: dict[str, Any], stats: dict[str, Any]
-) -> dict[str, Any]:
-    """The trees.jsonl line for a searched question (see :mod:`trace_forge.search.store`): the one place its
-    layout is written."""
-    return {
-        "question_id": sample.id,
-        "task": sample.task,
-        "category": sample.category,
-        "answer_kind": sample.answer_kind.value,
-        "answer": sample.answer,
-        "target_boxes": [b.to_list() for b in sample.target_boxes],
-        "image_size": list(image_size),
-        "teacher": teacher,
-        "prompt_version": PROMPT_VERSION,
-        "tree": tree.to_dict(),
-        "stats": stats,
-    }
-
-
-def record_of(sample: Sample, result: SearchResult, client: TeacherClient) -> dict[str, Any]:
-    """:func:`question_record` of a finished search, with the client's teacher provenance."""
-    return question_record(
-        sample,
-        result.tree,
-        image_size=result.image_size,
+    sample: Sample, task: Task, result: SearchResult, client: TeacherClient, store: RunStore,
+    data_dir: str | Path | None,
+) -> QuestionRecord:
+    """The ``trees.jsonl`` record of a finished search: the question with its image references, the tree, the
+    client's teacher provenance and the search's counters."""
+    images = store_images(sample, store.root, data_dir)
+    return QuestionRecord(
+        question=Question.of(sample, task.spec, images, result.image_size),
+        tree=result.tree,
         teacher={**client.teacher.describe(), "simulated": client.teacher.name == "sim"},
+        prompt_version=PROMPT_VERSION,
         stats={**asdict(result.stats), "correct": result.correct},
     )
 
@@ -396,6 +377,7 @@ async def run_search(
     config: SearchConfig,
     store: RunStore,
     *,
+    data_dir: str | Path | None = None,
     questions_in_flight: int | None = None,
     max_failure_rate: float = 0.5,
     on_done: Callable[[Sample, SearchResult | None], None] | None = None,
@@ -411,6 +393,7 @@ async def run_search(
         client: teacher client; its concurrency limit bounds requests in flight across all questions.
         config: search parameters.
         store: run directory; finished questions are skipped (resume).
+        data_dir: the task data folder; records reference its images relative to it.
         questions_in_flight: trees searched at once; by default the client's request limit, so the server stays
             saturated even while most trees wait on a single expansion request (trees are cheap to hold).
         max_failure_rate: abort once more than this share of the questions attempted (after the first 10)
@@ -455,7 +438,9 @@ async def run_search(
                 if on_done:
                     on_done(sample, None)
                 continue
-            store.append(record_of(sample, result, client))
+            # Hashing the images and the fsync stay off the event loop, where other questions' requests wait.
+            record = await asyncio.to_thread(question_record, sample, task, result, client, store, data_dir)
+            await asyncio.to_thread(store.append, record)
             summary.done += 1
             summary.with_correct += result.correct > 0
             if on_done:

@@ -1,14 +1,19 @@
 """Merge the run directories of one search split over several machines (shards) into one run directory.
 
-Shards must be parts of the same run: same task and task options, search parameters, teacher and prompt
-version (otherwise their traces would not be comparable, and :class:`~trace_forge.errors.ConfigError` names the
-differing field).
+Shards must be parts of the same run: same task and options, split, search parameters, teacher settings and
+prompt version (their :meth:`~trace_forge.search.records.RunRecord.differences`; where each shard's data and
+teacher lived may differ). Otherwise their traces would not be comparable, and :class:`ConfigError` names the
+differing fields.
+
 Records are concatenated in shard order; a question finished by two shards keeps its first record (a
-conflicting copy is logged). Errors of questions that some shard finished are dropped. The merged ``run.json``
-is the first shard's, with the teacher ``usage`` counters summed over shards and every shard's own
-``run.json`` under ``shards``. Teacher caches (every ``*.sqlite`` file with a ``completions`` table, see
-:mod:`trace_forge.teachers.cache`) are merged row by row with ``INSERT OR IGNORE``, so a resumed run on the
-merged directory replays every shard's calls.
+conflicting copy is logged). Errors of questions that some shard finished are dropped. The merged ``run.json`` is
+the first shard's, with the teacher ``usage`` summed over shards and every shard's own ``run.json`` under
+``shards``. Images a shard stored itself (``images/``) are copied. Teacher caches (every ``*.sqlite`` file with a
+``completions`` table, see :mod:`trace_forge.teachers.cache`) are merged row by row with ``INSERT OR IGNORE``, so a
+resumed run on the merged directory replays every shard's calls.
+
+The merge is built in a temporary sibling folder and renamed into place at the end: a killed merge leaves no
+half-merged run (the next merge clears the leftover).
 
 Example:
     >>> merge_runs("runs/vstar", ["runs/vstar-a", "runs/vstar-b"])  # doctest: +SKIP
@@ -17,27 +22,27 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+import shutil
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from trace_forge.durable import append_record, read_records
 from trace_forge.errors import ConfigError, DataError
-from trace_forge.search.store import ERRORS, TREES, RunStore, read_records, sum_usage
+from trace_forge.search.records import IMAGES_DIR, QuestionRecord, RunRecord, read_questions
+from trace_forge.search.store import ERRORS, TREES, RunStore, sum_usage
 from trace_forge.teachers.cache import ResponseCache
 
 __all__ = ["MergeReport", "merge_runs", "COMPATIBILITY_FIELDS"]
 
 log = logging.getLogger(__name__)
 
-COMPATIBILITY_FIELDS = ("task", "task_options", "params", "teacher", "prompt_version")
-# Teacher keys that say where a shard ran and what it spent: they differ between the shards of one run by
-# nature.
-_TEACHER_LOCAL_KEYS = ("base_urls", "usage")
+# What shards of one run share; unlike a resumed run they may keep their data in different folders.
+COMPATIBILITY_FIELDS = tuple(name for name in RunRecord.IDENTITY if name != "data_dir")
 
 
 @dataclass
@@ -62,46 +67,25 @@ class MergeReport:
 @dataclass
 class _Shard:
     root: Path
-    run: dict[str, Any]
-    records: list[dict[str, Any]]
-
-    def identity(self, name: str) -> Any:
-        """The value of a compatibility field; the prompt version falls back to the records' versions."""
-        if name == "teacher":
-            return {k: v for k, v in (self.run.get("teacher") or {}).items() if k not in _TEACHER_LOCAL_KEYS}
-        if name == "prompt_version" and "prompt_version" not in self.run:
-            return sorted({r.get("prompt_version") for r in self.records}, key=str)
-        return self.run.get(name)
+    run: RunRecord
+    records: list[QuestionRecord]
 
 
 def _load_shard(root: Path) -> _Shard:
-    run = RunStore(root).read_run_json() if root.is_dir() else None
+    run = RunStore(root).read_run() if root.is_dir() else None
     if run is None:
         raise DataError("not a run directory (no run.json)", path=root)
-    return _Shard(root, run, list(read_records(root / TREES)))
+    return _Shard(root, run, [record for _, record in read_questions(root / TREES)])
 
 
 def _check_compatible(shards: Sequence[_Shard]) -> None:
     first = shards[0]
     for shard in shards[1:]:
-        for name in COMPATIBILITY_FIELDS:
-            a, b = first.identity(name), shard.identity(name)
-            if a != b:
-                raise ConfigError(
-                    f"shards are not parts of one run: {name} differs between {first.root} ({json.dumps(a)}) "
-                    f"and {shard.root} ({json.dumps(b)})"
-                )
-
-
-def _write_jsonl(path: Path, records: Sequence[dict[str, Any]]) -> None:
-    """All records in the store's line format, written to a temp file then renamed (never half a file)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+        changed = first.run.differences(shard.run, COMPATIBILITY_FIELDS)
+        if changed:
+            raise ConfigError(
+                f"shards are not parts of one run: {first.root} and {shard.root} differ in {'; '.join(changed)}"
+            )
 
 
 def _merge_caches(out: Path, shards: Sequence[_Shard]) -> dict[str, int]:
@@ -138,19 +122,27 @@ def _has_completions(path: Path) -> bool:
         db.close()
 
 
+def _copy_images(out: Path, shards: Sequence[_Shard]) -> None:
+    """The images shards stored themselves, by SHA-256 (equal names are equal files)."""
+    for shard in shards:
+        folder = shard.root / IMAGES_DIR
+        if folder.is_dir():
+            shutil.copytree(folder, out / IMAGES_DIR, dirs_exist_ok=True)
+
+
 def merge_runs(out: str | Path, shard_dirs: Sequence[str | Path]) -> MergeReport:
-    """Merge shard run directories into ``out``: ``trees.jsonl``, ``errors.jsonl``, ``run.json``, caches.
+    """Merge shard run directories into ``out``: ``trees.jsonl``, ``errors.jsonl``, ``run.json``, images, caches.
 
     Args:
-        out: the merged run directory (created); it must not already hold a ``trees.jsonl``.
+        out: the merged run directory; it must not exist yet, or be empty.
         shard_dirs: the shards, in the order their records are kept.
 
     Returns:
         What was written.
 
     Raises:
-        ConfigError: fewer than two shards, ``out`` already a run or one of the shards, or incompatible shards
-            (the message names the field).
+        ConfigError: fewer than two shards, ``out`` not empty or one of the shards, or incompatible shards
+            (the message names the fields).
         DataError: a shard is not a run directory or holds a corrupt record.
     """
     out = Path(out)
@@ -159,39 +151,44 @@ def merge_runs(out: str | Path, shard_dirs: Sequence[str | Path]) -> MergeReport
         raise ConfigError(f"merge needs at least two shard directories, got {len(roots)}")
     if out.resolve() in {r.resolve() for r in roots}:
         raise ConfigError(f"the output {out} is one of the shards; merge into a new directory")
-    if (out / TREES).exists():
-        raise ConfigError(f"{out / TREES} exists; merge into a new directory")
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{out} is not empty; merge into a new directory")
     shards = [_load_shard(r) for r in roots]
     _check_compatible(shards)
 
     report = MergeReport()
-    kept: dict[str, dict[str, Any]] = {}
+    kept: dict[str, QuestionRecord] = {}
     for shard in shards:
         for record in shard.records:
-            qid = record["question_id"]
-            if qid not in kept:
-                kept[qid] = record
-            elif kept[qid] == record:
+            if record.id not in kept:
+                kept[record.id] = record
+            elif kept[record.id].to_dict() == record.to_dict():
                 report.duplicates += 1
             else:
-                log.warning(
-                    "question %s: %s has a different record than an earlier shard; keeping the first",
-                    qid,
-                    shard.root,
-                )
-                report.conflicts.append(qid)
+                log.warning("question %s: %s has a different record than an earlier shard; keeping the first",
+                            record.id, shard.root)
+                report.conflicts.append(record.id)
     errors = [e for s in shards for e in read_records(s.root / ERRORS) if e.get("question_id") not in kept]
 
-    store = RunStore(out)
-    _write_jsonl(store.trees_path, list(kept.values()))
-    if errors:
-        _write_jsonl(store.errors_path, errors)
+    tmp = out.with_name(f".{out.name}.merging")
+    shutil.rmtree(tmp, ignore_errors=True)  # a killed merge's leftover
+    tmp.mkdir(parents=True)
+    store = RunStore(tmp)
+    for record in kept.values():
+        store.append(record)
+    for error in errors:
+        append_record(store.errors_path, error)
     report.questions, report.errors = len(kept), len(errors)
-    report.cache_rows = _merge_caches(out, shards)
+    _copy_images(tmp, shards)
+    report.cache_rows = _merge_caches(tmp, shards)
+    shard_info: list[dict[str, Any]] = [
+        {"path": str(s.root), "questions": len(s.records), "run": s.run.to_dict()} for s in shards
+    ]
     # Sessions belong to a shard (each keeps its own under "shards"); the merged usage sums them all.
-    merged = {k: v for k, v in shards[0].run.items() if k not in ("shard", "sessions")}
-    merged["usage"] = sum_usage([s.run.get("usage") or {} for s in shards])
-    merged["shards"] = [{"path": str(s.root), "questions": len(s.records), "run": s.run} for s in shards]
-    store.write_run_json(merged)
+    store.write_run(replace(shards[0].run, shard=None, sessions=[], shards=shard_info,
+                            usage=sum_usage([s.run.usage for s in shards])))
+    if out.exists():
+        out.rmdir()  # empty, checked above
+    os.replace(tmp, out)
     log.info("merged %d shards into %s: %d questions", len(shards), out, report.questions)
     return report

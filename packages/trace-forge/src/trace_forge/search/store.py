@@ -3,73 +3,36 @@ that was finished.
 
 Layout of a run directory::
 
-    run.json        command, parameters, teacher, versions, and teacher usage per session (``sessions``: one
-                    entry per search or resume, with its start, end and usage) and summed (``usage``); written
-                    atomically, and during the run too, so a kill loses little of the accounting
-    trees.jsonl     one line per finished question: the whole tree, rewards, teacher usage
+    run.json        the RunRecord: command, task, parameters, teacher, versions, and teacher usage per session
+                    (``sessions``: one entry per search or resume, with its start, end and usage) and summed
+                    (``usage``); replaced atomically, and during the run too, so a kill loses little of the accounting
+    trees.jsonl     one QuestionRecord per finished question: the question, its images, the whole tree, its cost
     errors.jsonl    one line per question that failed (teacher gave up, bad image), with the reason
+    images/         images that have no file of their own (decoded from parquet cells), by SHA-256
     cache.sqlite    the teacher response cache (see trace_forge.teachers.cache)
 
-Each line is written with a single ``write`` followed by ``flush`` and ``fsync``. A process killed mid-write can
-leave at most one torn last line; :meth:`RunStore.finished` detects it, reports it, and cuts it off so the next
-append starts on a clean line.
+Records are described in :mod:`trace_forge.search.records`; lines are appended with
+:func:`~trace_forge.durable.append_record`, so a kill mid-write leaves at most one torn last line, which
+:meth:`RunStore.finished` cuts off.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from trace_forge.durable import append_record, write_json
 from trace_forge.errors import DataError
+from trace_forge.search.records import QuestionRecord, RunRecord, read_questions
 
-__all__ = ["RunStore", "read_records", "append_record", "sum_usage"]
-
-log = logging.getLogger(__name__)
+__all__ = ["RunStore", "sum_usage", "TREES", "ERRORS", "RUN_JSON", "CACHE"]
 
 TREES = "trees.jsonl"
 ERRORS = "errors.jsonl"
 RUN_JSON = "run.json"
 CACHE = "cache.sqlite"
-
-
-def read_records(path: Path, *, repair: bool = False) -> Iterator[dict[str, Any]]:
-    """Yield the JSON records of a ``.jsonl`` file written by :class:`RunStore`.
-
-    A torn last line (no newline, or not valid JSON) is what a kill mid-write leaves: it is reported and skipped,
-    and with ``repair`` the file is truncated to the last complete line. A bad line anywhere else is corruption
-    and raises :class:`DataError` naming the file and line.
-    """
-    if not path.exists():
-        return
-    data = path.read_bytes()
-    lines = data.split(b"\n")
-    # `lines[-1]` is what follows the last newline: empty for a clean file, a torn fragment otherwise.
-    complete, tail = lines[:-1], lines[-1]
-    good_end = len(data) - len(tail)
-    for i, raw in enumerate(complete, start=1):
-        if not raw.strip():
-            continue
-        try:
-            yield json.loads(raw)
-        except json.JSONDecodeError as e:
-            if i == len(complete) and not tail:
-                # A torn line can also end in a newline if the kill hit between two writes of a buffer.
-                log.warning("%s:%d: torn last line ignored (%s)", path, i, e)
-                good_end -= len(raw) + 1
-                break
-            raise DataError(f"corrupt record ({e})", path=path, line=i) from e
-    if tail.strip():
-        log.warning("%s:%d: torn last line (%d bytes, no newline) ignored", path, len(complete) + 1, len(tail))
-    if repair and good_end < len(data):
-        with open(path, "r+b") as f:
-            f.truncate(good_end)
-            f.flush()
-            os.fsync(f.fileno())
 
 
 def sum_usage(usages: Sequence[dict[str, Any]]) -> dict[str, float]:
@@ -87,21 +50,11 @@ def _utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def append_record(path: Path, record: dict[str, Any]) -> None:
-    """Append one JSON record durably: a single write, flush and fsync (a kill can tear at most this line)."""
-    line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
-    with open(path, "ab") as f:
-        f.write(line)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 class RunStore:
     """Append-only storage of one search run."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
 
     @property
     def trees_path(self) -> Path:
@@ -115,36 +68,59 @@ class RunStore:
     def cache_path(self) -> Path:
         return self.root / CACHE
 
-    def finished(self) -> dict[str, dict[str, Any]]:
-        """Records of finished questions by question id; repairs a torn last line (see :func:`read_records`)."""
-        return {r["question_id"]: r for r in read_records(self.trees_path, repair=True)}
+    @property
+    def run_path(self) -> Path:
+        return self.root / RUN_JSON
 
-    def append(self, record: dict[str, Any]) -> None:
+    def finished(self) -> dict[str, QuestionRecord]:
+        """Records of finished questions by question id; repairs a torn last line."""
+        return {record.id: record for _, record in read_questions(self.trees_path, repair=True)}
+
+    def append(self, record: QuestionRecord) -> None:
         """Append one finished question durably (one write, flush, fsync)."""
-        append_record(self.trees_path, record)
+        self.root.mkdir(parents=True, exist_ok=True)
+        append_record(self.trees_path, record.to_dict())
 
     def append_error(self, record: dict[str, Any]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
         append_record(self.errors_path, record)
 
-    def write_run_json(self, info: dict[str, Any]) -> None:
-        """Write ``run.json`` atomically (temp file + rename), so a kill never leaves half a file."""
-        tmp = self.root / f".{RUN_JSON}.tmp"
-        tmp.write_text(json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
-        os.replace(tmp, self.root / RUN_JSON)
+    def read_run(self) -> RunRecord | None:
+        """``run.json``, or None when there is none.
 
-    def start_session(self, info: dict[str, Any], *, resume: bool) -> None:
+        Raises:
+            DataError: it is not valid JSON, is malformed, or has another schema version.
+        """
+        import json
+
+        if not self.run_path.exists():
+            return None
+        try:
+            data = json.loads(self.run_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DataError(f"not valid JSON ({e})", path=self.run_path) from e
+        if not isinstance(data, dict):
+            raise DataError("not a run record (expected a JSON object)", path=self.run_path)
+        return RunRecord.from_dict(data, path=self.run_path)
+
+    def write_run(self, run: RunRecord) -> None:
+        """Replace ``run.json`` atomically, so a kill never leaves half a file."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_json(self.run_path, run.to_dict())
+
+    def start_session(self, run: RunRecord, *, resume: bool) -> RunRecord:
         """Write ``run.json`` for a search session starting now, with a new entry in ``sessions``.
 
-        Resuming, ``info`` is laid over what the file holds: the first ``started`` and earlier sessions (with their
-        usage) are kept; a file from before sessions existed turns its ``usage`` into the first session.
+        Resuming, the run's first ``started`` and earlier sessions (with their usage) are kept.
         """
-        previous = (self.read_run_json() or {}) if resume else {}
+        previous = self.read_run() if resume else None
         now = _utc_now()
-        sessions = previous.get("sessions") or []
-        if not sessions and previous.get("usage"):  # a run.json from before sessions existed
-            sessions = [{"started": previous.get("started"), "finished": None, "usage": previous["usage"]}]
-        sessions = [*sessions, {"started": now, "finished": None, "usage": {}}]
-        self.write_run_json({**previous, **info, "started": previous.get("started", now), "sessions": sessions})
+        run.started = previous.started if previous is not None and previous.started else now
+        run.sessions = [*(previous.sessions if previous is not None else []), {"started": now, "finished": None,
+                                                                                 "usage": {}}]
+        run.usage = previous.usage if previous is not None else {}
+        self.write_run(run)
+        return run
 
     def record_usage(self, usage: dict[str, Any], *, finished: bool = False) -> None:
         """Store the current session's teacher usage in ``run.json`` and the sum over all sessions as ``usage``.
@@ -152,21 +128,12 @@ class RunStore:
         Called during the run (a kill then loses only what followed the last call) and once at its end with
         ``finished``, which stamps the session's end time.
         """
-        run = self.read_run_json()
-        if not run or not run.get("sessions"):
-            raise DataError("no search session to record usage in (start_session first)", path=self.root / RUN_JSON)
-        session = run["sessions"][-1]
+        run = self.read_run()
+        if run is None or not run.sessions:
+            raise DataError("no search session to record usage in (start_session first)", path=self.run_path)
+        session = run.sessions[-1]
         session["usage"] = usage
         if finished:
             session["finished"] = _utc_now()
-        run["usage"] = sum_usage([s["usage"] for s in run["sessions"] if s.get("usage")])
-        self.write_run_json(run)
-
-    def read_run_json(self) -> dict[str, Any] | None:
-        path = self.root / RUN_JSON
-        if not path.exists():
-            return None
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise DataError(f"not valid JSON ({e})", path=path) from e
+        run.usage = sum_usage([s["usage"] for s in run.sessions if s.get("usage")])
+        self.write_run(run)

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from trace_forge.grounding import Step
+from trace_forge.grounding import Point, Step
 
 __all__ = ["Rollout", "Node", "Tree", "ucb", "select", "backup", "makes_chain", "correct_trajectories"]
 
@@ -23,11 +23,12 @@ class Rollout:
 
     Attributes:
         steps: the ephemeral steps after the node (points in the pixel frame).
-        answer: the final answer text (a point answer as written, e.g. "(412, 230)"); for a rollout that never
-            answered, the last text it produced (the reference judges that).
+        answer: the final answer text (a point answer as its pixel-frame literal, e.g. "(412, 230)"); for a
+            rollout that never answered, the last text it produced (the reference judges that).
         reward: the task verifier's score of ``answer`` (0/1).
         forced: whether the answer was forced (depth or rollout limit reached).
         answered: whether the teacher produced an ``<answer>`` at all.
+        answer_point: a point answer, unrounded, in the pixel frame (None for other answers).
     """
 
     steps: list[Step]
@@ -35,11 +36,13 @@ class Rollout:
     reward: float
     forced: bool = False
     answered: bool = True
+    answer_point: Point | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "steps": [s.to_dict() for s in self.steps],
             "answer": self.answer,
+            "answer_point": _point_dict(self.answer_point),
             "reward": self.reward,
             "forced": self.forced,
             "answered": self.answered,
@@ -48,8 +51,17 @@ class Rollout:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Rollout:
         return cls(
-            [Step.from_dict(s) for s in d["steps"]], d["answer"], float(d["reward"]), d["forced"], d["answered"]
+            [Step.from_dict(s) for s in d["steps"]], d["answer"], float(d["reward"]), d["forced"], d["answered"],
+            _point(d.get("answer_point")),
         )
+
+
+def _point_dict(point: Point | None) -> dict[str, Any] | None:
+    return point.to_dict() if point is not None else None
+
+
+def _point(d: dict[str, Any] | None) -> Point | None:
+    return Point.from_dict(d) if d is not None else None
 
 
 @dataclass
@@ -65,6 +77,7 @@ class Node:
     step: Step | None = None
     answer: str | None = None
     reward: float | None = None  # terminal nodes: the verifier's score of `answer`
+    answer_point: Point | None = None  # terminal nodes answering a point (pixel frame)
     children: list[int] = field(default_factory=list)
     rollouts: list[Rollout] = field(default_factory=list)
     visits: int = 0
@@ -82,6 +95,7 @@ class Node:
             "depth": self.depth,
             "step": self.step.to_dict() if self.step else None,
             "answer": self.answer,
+            "answer_point": _point_dict(self.answer_point),
             "reward": self.reward,
             "children": list(self.children),
             "rollouts": [r.to_dict() for r in self.rollouts],
@@ -99,6 +113,7 @@ class Node:
             step=Step.from_dict(d["step"]) if d["step"] else None,
             answer=d["answer"],
             reward=d["reward"],
+            answer_point=_point(d.get("answer_point")),
             children=list(d["children"]),
             rollouts=[Rollout.from_dict(r) for r in d["rollouts"]],
             visits=d["visits"],
@@ -118,9 +133,9 @@ class Tree:
         return self.nodes[0]
 
     def add_child(self, parent: Node, *, step: Step | None = None, answer: str | None = None,
-                  reward: float | None = None) -> Node:
+                  reward: float | None = None, answer_point: Point | None = None) -> Node:
         node = Node(id=len(self.nodes), parent=parent.id, depth=parent.depth + 1, step=step, answer=answer,
-                    reward=reward)
+                    reward=reward, answer_point=answer_point)
         self.nodes.append(node)
         parent.children.append(node.id)
         return node

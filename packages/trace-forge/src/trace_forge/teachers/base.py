@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Literal
 from PIL import Image
 
 from trace_forge.errors import ConfigError
+from trace_forge.grounding import TOOL_RESPONSE
 from trace_forge.teachers.images import ImageEncoder, ImageRef
 
 __all__ = [
@@ -103,7 +104,8 @@ def as_user_turn(message: Message) -> Message:
     """
     if message.role != "tool":
         return message
-    return Message("user", ("<tool_response>\n", *message.content, "\n</tool_response>"))
+    opening, closing = TOOL_RESPONSE
+    return Message("user", (opening, *message.content, closing))
 
 
 @dataclass(frozen=True)

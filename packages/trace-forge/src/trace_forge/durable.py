@@ -1,0 +1,93 @@
+"""Files that survive a kill at any moment: append-only JSON lines, and whole files replaced atomically.
+
+Every stage writes through these: the search's ``trees.jsonl``, evaluation's ``samples.jsonl``, and each
+``run.json``, summary and dataset card.
+
+- :func:`append_record` writes one JSON line with a single ``write``, then ``flush`` and ``fsync``: a process killed
+  mid-write leaves at most one torn last line, which :func:`read_records` detects, reports and (with ``repair``)
+  cuts off, so the next append starts on a clean line.
+- :func:`write_atomic` writes a temporary sibling, fsyncs it and renames it over the target: a reader sees the old
+  file or the new one, never half of one; a failed write removes its temporary file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from trace_forge.errors import DataError
+
+__all__ = ["append_record", "read_records", "write_atomic", "write_json"]
+
+log = logging.getLogger(__name__)
+
+
+def append_record(path: Path, record: dict[str, Any]) -> None:
+    """Append one JSON record durably: a single write, flush and fsync (a kill can tear at most this line)."""
+    line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+    with open(path, "ab") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_records(path: Path, *, repair: bool = False) -> Iterator[dict[str, Any]]:
+    """Yield the JSON records of a ``.jsonl`` file written by :func:`append_record`.
+
+    A torn last line (no newline, or not valid JSON) is what a kill mid-write leaves: it is reported and skipped,
+    and with ``repair`` the file is truncated to the last complete line. A bad line anywhere else is corruption
+    and raises :class:`DataError` naming the file and line.
+    """
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    # `lines[-1]` is what follows the last newline: empty for a clean file, a torn fragment otherwise.
+    complete, tail = lines[:-1], lines[-1]
+    good_end = len(data) - len(tail)
+    for i, raw in enumerate(complete, start=1):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            if i == len(complete) and not tail:
+                # A torn line can also end in a newline if the kill hit between two writes of a buffer.
+                log.warning("%s:%d: torn last line ignored (%s)", path, i, e)
+                good_end -= len(raw) + 1
+                break
+            raise DataError(f"corrupt record ({e})", path=path, line=i) from e
+        if not isinstance(record, dict):
+            raise DataError(f"expected a JSON object, got {type(record).__name__}", path=path, line=i)
+        yield record
+    if tail.strip():
+        log.warning("%s:%d: torn last line (%d bytes, no newline) ignored", path, len(complete) + 1, len(tail))
+    if repair and good_end < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(good_end)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Replace ``path`` with ``data`` atomically (temporary sibling, fsync, rename); text is written as UTF-8."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, value: Any) -> None:
+    """:func:`write_atomic` of ``value`` as indented JSON with sorted keys (equal values, equal bytes)."""
+    write_atomic(path, json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
