@@ -13,7 +13,7 @@ from trace_forge.cli import search as search_cli
 from trace_forge.errors import ConfigError
 from trace_forge.grounding import Resize
 from trace_forge.search.store import RunStore
-from trace_forge.tasks import get_task
+from trace_forge.tasks import TaskSpec, get_task
 from trace_forge.teachers import Message, SamplingParams, build_client
 from trace_forge.teachers.images import ImageRef
 
@@ -134,11 +134,15 @@ def test_task_options_reach_the_task_and_run_json(tmp_path):
     sat = ("--split", "val", "--limit", "1")
     result = _search(out, *sat, "-o", "circular=true", task="sat2", data_dir="data/samples/sat2")
     assert result.exit_code == 0, result.output
-    assert _run_json(out)["task_options"] == {"circular": True}
-    ids = [r["question_id"] for r in map(json.loads, (out / "trees.jsonl").read_text().splitlines())]
-    assert ids and all("#r" in i for i in ids)  # circular evaluation's rotations: the option reached the task
+    assert _run_json(out)["task"] == {"name": "sat2", "options": {"circular": True}}
+    records = list(RunStore(out).finished().values())
+    assert records and all("#r" in r.id for r in records)  # circular evaluation's rotations: the option arrived
+    assert {r.question.task for r in records} == {TaskSpec("sat2", {"circular": True})}
+    # SAT-2's images come from parquet cells: stored once in the run, shared by every rotation of a question.
+    assert len(list((out / "images").glob("*.png"))) == 1
+    assert records[0].question.sample(out, None).canvas().size == records[0].question.image_size
     result = _search(out, *sat, "--resume", task="sat2", data_dir="data/samples/sat2")
-    assert _refused(result, "task_options")
+    assert _refused(result, "task:")
 
 
 def test_max_calls_help_says_when_it_is_checked():

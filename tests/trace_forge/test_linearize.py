@@ -10,8 +10,9 @@ from trace_forge.linearize import (
     Chain,
     ChainSource,
     LinearizeConfig,
+    dialog_turns,
     linearize,
-    to_dialog,
+    plan_zooms,
 )
 from trace_forge.search.tree import Tree
 from trace_forge.tasks.prompts import prompts_for
@@ -133,7 +134,7 @@ def test_cap_keeps_a_rare_kind():
     assert len(linearize(_wide_tree(1, 40), "q", LinearizeConfig(max_per_question=1))) == 1
 
 
-@pytest.mark.parametrize("kwargs", [{"connector": " "}, {"max_per_question": 0}, {"max_zooms": -1}])
+@pytest.mark.parametrize("kwargs", [{"connector": " "}, {"max_per_question": -1}, {"max_zooms": -1}])
 def test_config_rejects_bad_values(kwargs):
     with pytest.raises(ValueError):
         LinearizeConfig(**kwargs)
@@ -156,10 +157,18 @@ def _chain(points, *, connector_index=None):
     return Chain("q", kind, steps, "white", True, 1.0, (), ChainSource(0), connector, connector_index)
 
 
+def _dialog(chain, prompts, dot, max_zooms):
+    return dialog_turns(chain, plan_zooms(chain.steps, max_zooms), prompts, dot=dot)
+
+
+def test_zero_per_question_keeps_every_chain():
+    assert LinearizeConfig(max_per_question=0).max_per_question is None
+
+
 def test_dialog_zooms_new_points_folds_repeats_and_stops_at_the_limit():
     prompts = prompts_for("option")
     chain = _chain([(100, 100), (106, 108), (300, 300), (500, 500), (700, 700), (900, 900)])
-    turns = to_dialog(chain, prompts, dot=False, max_zooms=3)
+    turns = _dialog(chain, prompts, False, 3)
     assert [t.role for t in turns] == ["assistant", "tool"] * 3 + ["assistant"]
     assert [t.zoom for t in turns if t.role == "tool"] == [(100, 100), (300, 300), (500, 500)]
     assert turns[0].text == (
@@ -180,17 +189,17 @@ def test_dialog_zooms_new_points_folds_repeats_and_stops_at_the_limit():
 def test_dialog_keeps_the_connector_in_a_thought_and_closes_when_nothing_is_left():
     prompts = prompts_for("point")
     chain = _chain([(10, 10), (50, 50), (90, 90)], connector_index=2)
-    turns = to_dialog(chain, prompts, dot=True, max_zooms=4)
+    turns = _dialog(chain, prompts, True, 4)
     assert [t.zoom for t in turns if t.role == "tool"] == [(10, 10), (50, 50), (90, 90)]
     assert turns[4].text.startswith(f"<think> {DEFAULT_CONNECTOR} Look at (90, 90). </think>\n<tool_call>")
     assert turns[1].text.endswith("a red dot marks that point.")
     assert turns[-1].text == f"<think> {prompts_for('option').closing_thought()} </think>\n<answer> white </answer>"
     # A connector after the last step (the correct rollout answered at once) lands in the answer turn.
-    turns = to_dialog(_chain([(10, 10)], connector_index=1), prompts, dot=True, max_zooms=4)
+    turns = _dialog(_chain([(10, 10)], connector_index=1), prompts, True, 4)
     assert turns[-1].text == f"<think> {DEFAULT_CONNECTOR} </think>\n<answer> white </answer>"
 
 
 def test_dialog_without_zooms_is_one_answer_turn():
-    turns = to_dialog(_chain([(10, 10), (50, 50)]), prompts_for("option"), dot=False, max_zooms=0)
+    turns = _dialog(_chain([(10, 10), (50, 50)]), prompts_for("option"), False, 0)
     assert len(turns) == 1
     assert turns[0].text == "<think> Look at (10, 10). Look at (50, 50). </think>\n<answer> white </answer>"

@@ -11,10 +11,10 @@ from tests.trace_forge.fake_servers import FakeOpenAIServer
 from trace_forge.grounding import Box, Resize
 from trace_forge.linearize import linearize
 from trace_forge.search.mcts import EXPAND_ATTEMPTS, QuestionSearch, SearchConfig, run_search
+from trace_forge.search.records import Question, QuestionRecord
 from trace_forge.search.store import RunStore
-from trace_forge.search.tree import Tree
 from trace_forge.stats import records_stats
-from trace_forge.tasks import AnswerKind, Sample, get_task
+from trace_forge.tasks import AnswerKind, Sample, TaskSpec, get_task
 from trace_forge.tasks.prompts import prompts_for
 from trace_forge.teachers import Completion, RuntimeConfig, TeacherClient, build_client
 from trace_forge.teachers.base import Teacher
@@ -130,6 +130,12 @@ def test_search_is_deterministic_given_seed(task_and_samples, tmp_path):
     assert a.tree.to_dict() != c.tree.to_dict()
 
 
+def _stats_of(tree):
+    """Run statistics of one searched tree, as ``trace-forge stats`` counts it."""
+    question = Question("q", TaskSpec("vstar"), "?", AnswerKind.OPTION, [], (1, 1), ["a", "b"], "a")
+    return records_stats([QuestionRecord(question, tree, {}, "2")])
+
+
 def _run(samples, task, server, run_dir, config):
     async def go():
         async with _client(server, run_dir) as client:
@@ -139,7 +145,7 @@ def _run(samples, task, server, run_dir, config):
 
 
 def _trees(run_dir):
-    return {r["question_id"]: r["tree"] for r in map(json.loads, (run_dir / "trees.jsonl").read_text().splitlines())}
+    return {record.id: record.tree.to_dict() for record in RunStore(run_dir).finished().values()}
 
 
 def test_resume_after_a_crash_repeats_no_request(task_and_samples, tmp_path):
@@ -157,9 +163,8 @@ def test_resume_after_a_crash_repeats_no_request(task_and_samples, tmp_path):
         assert server.request_count == sent  # the cache answers everything the resumed run asks
     assert clean.done == 4 and resumed.skipped == 3 and resumed.done == 1
     assert _trees(crashed) == _trees(tmp_path / "clean")
-    record = json.loads(trees.read_text().splitlines()[0])
-    assert record["teacher"]["simulated"] is False and record["image_size"][0] >= 1600
-    Tree.from_dict(record["tree"])
+    record = next(iter(RunStore(crashed).finished().values()))
+    assert record.teacher["simulated"] is False and record.question.image_size[0] >= 1600
 
 
 def test_budget_and_early_stop(task_and_samples, tmp_path):
@@ -252,7 +257,7 @@ def test_correct_counts_only_trajectories_that_become_chains(task_and_samples):
     assert result.correct == 0 and result.stats.stopped == "simulations"
     # Linearization and run stats apply the same rule.
     assert linearize(result.tree, sample.id) == []
-    assert records_stats([{"tree": result.tree.to_dict()}]).correct_trajectories == 0
+    assert _stats_of(result.tree).correct_trajectories == 0
 
     # Rollouts that never answer are judged on their last text; right or not, they never become a chain.
     def never_answers(text, k):
@@ -271,7 +276,7 @@ def test_correct_counts_only_trajectories_that_become_chains(task_and_samples):
 
     result, _ = _scripted_search(sample, task, step_then_answer, SearchConfig(simulations=1, rollouts=2))
     assert result.correct == 2  # the child's two rollouts (its siblings repeated its point)
-    assert records_stats([{"tree": result.tree.to_dict()}]).correct_trajectories == 2
+    assert _stats_of(result.tree).correct_trajectories == 2
 
 
 def test_an_unexpected_error_fails_one_question_and_is_recorded(tmp_path):

@@ -82,6 +82,7 @@ def test_point_answer_ring_target_boxes_and_crop_strip():
         "(400, 200)",
         crops,
         title="t",
+        answer_point=Point(400, 200),
         target_boxes=[Box(380, 180, 420, 220)],
     )
     assert out.height > 400  # the crop strip is below
@@ -143,7 +144,7 @@ def test_run_views_of_a_generic_run_use_its_task_options(tmp_path):
 def test_run_views_reject_a_canvas_of_another_size(tmp_path):
     sample = next(iter(vstar_samples().values()))
     run_dir = write_run(tmp_path / "run", [make_record(example_tree(), sample, image_size=(10, 10))])
-    with pytest.raises(DataError, match="canvas"):
+    with pytest.raises(DataError, match="10x10"):
         run_views(run_dir, 0)
 
 
@@ -192,10 +193,8 @@ def test_dataset_row_multi_turn_shows_its_crops(tmp_path):
     assert image.getpixel((round(x * scale), round(y * scale))) == PALETTE[0]
 
 
-def test_dataset_unknown_split_is_a_config_error(tmp_path):
+def test_dataset_unknown_split_is_a_data_error(tmp_path):
     ds = _dataset(tmp_path, "single")
-    assert (
-        dataset_views(ds / "hf", 0, "validation")[0].crops == []
-    )  # DIR/hf itself works too; single: no crops
-    with pytest.raises(ConfigError, match="no split 'test'"):
+    assert dataset_views(ds, 0, "validation")[0].crops == []  # single-turn: no crops
+    with pytest.raises(DataError, match="no split 'test'"):
         dataset_views(ds, 0, "test")

@@ -39,8 +39,8 @@ def _unsolved_tree() -> Tree:
 def run_dir(tmp_path):
     a, b = list(vstar_samples().values())[:2]
     solved = make_record(example_tree(), a)
-    solved["category"] = "direct_attributes"
-    solved["stats"] = {
+    solved.question.category = "direct_attributes"
+    solved.stats = {
         "requests": 10,
         "completions": 30,
         "cached": 2,
@@ -54,8 +54,8 @@ def run_dir(tmp_path):
         "correct": 3,
     }
     unsolved = make_record(_unsolved_tree(), b)
-    unsolved["category"] = "relative_position"
-    unsolved["stats"] = {
+    unsolved.question.category = "relative_position"
+    unsolved.stats = {
         "requests": 5,
         "completions": 12,
         "prompt_tokens": 500,
@@ -69,12 +69,9 @@ def run_dir(tmp_path):
     }
     root = write_run(tmp_path / "run", [solved, unsolved])
     store = RunStore(root)
-    store.write_run_json(
-        {
-            **store.read_run_json(),
-            "usage": {"requests": 15, "prompt_tokens": 1500, "cost_usd": None, "errors": {"x": 1}},
-        }
-    )
+    run = store.read_run()
+    run.usage = {"requests": 15, "prompt_tokens": 1500, "cost_usd": None, "errors": {"x": 1}}
+    store.write_run(run)
     store.append_error({"question_id": "never-finished", "error": "TeacherError"})
     store.append_error({"question_id": a.id, "error": "TeacherError"})  # failed once, finished on resume
     return root

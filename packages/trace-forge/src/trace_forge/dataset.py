@@ -389,9 +389,7 @@ def question_rows(
         raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
     config = config or LinearizeConfig()
     canvas = sample.canvas()
-    if canvas.size != tuple(record.question.image_size):
-        raise DataError(f"question {sample.id!r}: the canvas is {canvas.size[0]}x{canvas.size[1]} but the search "
-                        f"saw {record.question.image_size[0]}x{record.question.image_size[1]}")
+    record.question.check_canvas(canvas)
     crops: dict[tuple[int, int, str], dict[str, Any]] = {}  # chains of a question share zoom points: cut each once
 
     def cut(image: PILImage.Image, point: Point, geometry: ImageGeometry, spec: ZoomSpec) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -74,11 +75,17 @@ def read_records(path: Path, *, repair: bool = False) -> Iterator[dict[str, Any]
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
-    """Replace ``path`` with ``data`` atomically (temporary sibling, fsync, rename); text is written as UTF-8."""
+    """Replace ``path`` with ``data`` atomically (temporary sibling, fsync, rename); text is written as UTF-8.
+
+    The temporary file has a name of its own, so concurrent writers of one path (two questions storing the same
+    image) each rename a complete file.
+    """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(name)
     try:
-        with open(tmp, "wb") as f:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide run records and cards from the rest of a team
+        with os.fdopen(fd, "wb") as f:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())

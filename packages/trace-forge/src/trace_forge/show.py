@@ -401,6 +401,7 @@ def run_views(
             raise ConfigError(f"question {record.id!r} has no trajectory (empty tree)")
         chosen = [best]
     canvas = record.question.sample(run_dir, data_dir if data_dir is not None else run.data_dir).canvas()
+    record.question.check_canvas(canvas)
     spec = record.question.task.build().zoom
     views = []
     for t in chosen:

@@ -203,6 +203,13 @@ class Question:
             target_boxes=list(self.target_boxes), category=self.category, source=self.source, meta=dict(self.meta),
         )
 
+    def check_canvas(self, canvas: Image.Image) -> None:
+        """Raise :class:`DataError` unless ``canvas`` has the size the question was searched at (its points would
+        land elsewhere)."""
+        if canvas.size != tuple(self.image_size):
+            raise DataError(f"question {self.id!r}: the canvas is {canvas.size[0]}x{canvas.size[1]} but the search "
+                            f"saw {self.image_size[0]}x{self.image_size[1]}")
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,

@@ -48,6 +48,9 @@ class TaskSpec:
         """Canonical JSON of the spec: equal specs, equal keys."""
         return json.dumps(self.to_dict(), sort_keys=True)
 
+    def __hash__(self) -> int:  # options are a dict: hash the canonical form
+        return hash(self.key)
+
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "options": dict(self.options)}
 
