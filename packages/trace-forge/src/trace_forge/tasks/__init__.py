@@ -7,6 +7,7 @@ from trace_forge.tasks import (  # noqa: F401  (registers the tasks)
     blink,
     generic,
     hrbench,
+    mme_realworld,
     sat,
     screenspot,
     treebench,
