@@ -8,9 +8,12 @@ from trace_forge.tasks import (  # noqa: F401  (registers the tasks)
     generic,
     hrbench,
     mme_realworld,
+    osatlas,
+    robospatial,
     sat,
     screenspot,
     treebench,
+    visualprobe,
     vstar,
 )
 from trace_forge.tasks.base import Task, TaskSpec, get_task, task_names
