@@ -1,5 +1,6 @@
-"""Write the bundled sample data: small procedural stand-ins for V*Bench, ScreenSpot-v2, ScreenSpot-Pro, SAT-2
-and BLINK, each in its benchmark's on-disk layout.
+"""Write the bundled sample data: small procedural stand-ins for V*Bench, ScreenSpot-v2, ScreenSpot-Pro, SAT-2,
+BLINK, HR-Bench, MME-RealWorld (and lite), TreeBench, VisualProbe, RoboSpatial-Home and OS-Atlas grounding data, each
+in its benchmark's on-disk layout.
 
     uv run python data/samples/generate.py            # rewrites everything under data/samples/
     uv run python data/samples/generate.py /tmp/out   # or somewhere else
@@ -11,6 +12,8 @@ the committed files equal a fresh run.
 
 from __future__ import annotations
 
+import base64
+import csv
 import functools
 import io
 import json
@@ -135,19 +138,21 @@ def _draw_target(draw: ImageDraw.ImageDraw, shape: str, cx: int, cy: int, r: int
     return [x0, y0, math.ceil(max(xs)) + 2 - x0, math.ceil(max(ys)) + 2 - y0]
 
 
-def _clutter(rng: random.Random, width: int, height: int) -> PILImage.Image:
-    """A smooth textured background under a few hundred distractors of many colours, sizes and (non-target) forms."""
+def _clutter(rng: random.Random, width: int, height: int, blocks: int = 40, distractors: int = 320,
+             sizes: tuple[int, ...] = (6, 10, 16, 24, 40, 70, 110)) -> PILImage.Image:
+    """A smooth textured background under large blocks and many distractors of many colours, sizes and (non-target)
+    forms. Small canvases take fewer and smaller ones, so their JPEGs stay small."""
     nrng = np.random.default_rng(rng.randrange(2**32))
     coarse = nrng.integers(40, 215, size=(9, 12, 3), dtype=np.uint8)
     image = PILImage.fromarray(coarse).resize((width, height), PILImage.Resampling.BICUBIC)
     draw = ImageDraw.Draw(image)
-    for _ in range(40):  # large "buildings" and "fields"
+    for _ in range(blocks):  # large "buildings" and "fields"
         x, y = rng.randrange(width), rng.randrange(height)
         w, h = rng.randrange(80, 420), rng.randrange(60, 360)
         draw.rectangle((x, y, x + w, y + h), fill=tuple(rng.randrange(256) for _ in range(3)))
-    for _ in range(320):
+    for _ in range(distractors):
         x, y = rng.randrange(width), rng.randrange(height)
-        s = rng.choice((6, 10, 16, 24, 40, 70, 110))
+        s = rng.choice(sizes)
         colour = tuple(rng.randrange(256) for _ in range(3))
         kind = rng.randrange(5)
         if kind == 0:
@@ -165,11 +170,24 @@ def _clutter(rng: random.Random, width: int, height: int) -> PILImage.Image:
     return image
 
 
-def _place(rng: random.Random, width: int, height: int, taken: list[tuple[int, int]], gap: int) -> tuple[int, int]:
+def _place(rng: random.Random, width: int, height: int, taken: list[tuple[int, int]], gap: int,
+           margin: int = 120) -> tuple[int, int]:
     while True:
-        cx, cy = rng.randrange(120, width - 120), rng.randrange(120, height - 120)
+        cx, cy = rng.randrange(margin, width - margin), rng.randrange(margin, height - margin)
         if all(abs(cx - x) > gap for x, _ in taken):
             return cx, cy
+
+
+def _draw_targets(rng: random.Random, image: PILImage.Image, targets: list[tuple[str, str]],
+                  radius: tuple[int, int], margin: int = 120) -> tuple[list[XYWH], list[tuple[int, int]]]:
+    """Draw ``(shape, colour name)`` targets at well-separated places; their boxes ``[x, y, w, h]`` and centres."""
+    draw = ImageDraw.Draw(image)
+    boxes: list[XYWH] = []
+    centres: list[tuple[int, int]] = []
+    for shape, colour in targets:
+        centres.append(_place(rng, image.width, image.height, centres, gap=image.width // 6, margin=margin))
+        boxes.append(_draw_target(draw, shape, *centres[-1], rng.randrange(*radius), COLOURS[colour]))
+    return boxes, centres
 
 
 def _vstar(out: Path, rng: random.Random) -> None:
@@ -181,15 +199,10 @@ def _vstar(out: Path, rng: random.Random) -> None:
         width = rng.randrange(1600, 2401, 8)
         height = rng.choice((round(width * 0.56), round(width * 0.66), round(width * 0.75)))
         image = _clutter(rng, width, height)
-        draw = ImageDraw.Draw(image)
         n_targets = 1 if category == "direct_attributes" else 2
         shapes = rng.sample(TARGET_SHAPES, n_targets)
         colours = rng.sample(sorted(COLOURS), n_targets)
-        centres: list[tuple[int, int]] = []
-        boxes: list[XYWH] = []
-        for shape, colour in zip(shapes, colours, strict=True):
-            centres.append(_place(rng, width, height, centres, gap=width // 6))
-            boxes.append(_draw_target(draw, shape, *centres[-1], rng.randrange(14, 30), COLOURS[colour]))
+        boxes, centres = _draw_targets(rng, image, list(zip(shapes, colours, strict=True)), radius=(14, 30))
         if category == "direct_attributes":
             question = f"What is the color of the {shapes[0]}?"
             options = [colours[0], *rng.sample([c for c in sorted(COLOURS) if c != colours[0]], 3)]
@@ -696,9 +709,331 @@ def _blink(out: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Thinking-with-images benchmarks (HR-Bench, MME-RealWorld, TreeBench, VisualProbe) on small search scenes,
+# RoboSpatial on room renders, and OS-Atlas grounding data on small screens
+# ---------------------------------------------------------------------------------------------------------------
 
 
-SETS = ("vstar", "screenspot_v2", "screenspot_pro", "sat2", "blink")
+def _search_scene(rng: random.Random, width: int, height: int, targets: list[tuple[str, str]],
+                  radius: tuple[int, int] = (9, 15)) -> tuple[PILImage.Image, list[list[int]]]:
+    """A small, lightly cluttered canvas with the targets drawn on it; their boxes as ``[x1, y1, x2, y2]``."""
+    image = _clutter(rng, width, height, blocks=6, distractors=50, sizes=(6, 10, 16, 24))
+    boxes, _ = _draw_targets(rng, image, targets, radius, margin=40)
+    return image, [[x, y, x + w, y + h] for x, y, w, h in boxes]
+
+
+def _two_targets(rng: random.Random) -> list[tuple[str, str]]:
+    return list(zip(rng.sample(TARGET_SHAPES, 2), rng.sample(sorted(COLOURS), 2), strict=True))
+
+
+def _other_colours(rng: random.Random, colour: str, n: int) -> list[str]:
+    return rng.sample([c for c in sorted(COLOURS) if c != colour], n)
+
+
+def _base64_jpeg(image: PILImage.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=JPEG_QUALITY)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _tsv(rows: list[dict[str, object]], columns: tuple[str, ...], path: Path) -> None:
+    """A TSV as VLMEvalKit dumps one: every field quoted, empty where a row has no value."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, delimiter="\t", quoting=csv.QUOTE_ALL, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows([[row.get(c, "") for c in columns] for row in rows])
+
+
+HRBENCH_COLUMNS = ("index", "question", "A", "B", "C", "D", "answer", "category", "cycle_category", "image")
+
+
+def _hrbench_rows(rng: random.Random, width: int, height: int) -> list[dict[str, object]]:
+    """One picture, one FSP ("single") and one FCP ("cross") question, each in two cycles with rotated options."""
+    targets = _two_targets(rng)
+    (shape, colour), (other, _) = targets
+    image, boxes = _search_scene(rng, width, height, targets)
+    side, far = ("left", "right") if boxes[0][0] < boxes[1][0] else ("right", "left")
+    questions = [  # the correct option first
+        ("single", f"What is the color of the {shape}?", [colour, *_other_colours(rng, colour, 3)]),
+        ("cross", f"Is the {shape} to the left or to the right of the {other}?",
+         [side, far, "directly above it", "directly below it"]),
+    ]
+    cell = _base64_jpeg(image)
+    rows: list[dict[str, object]] = []
+    for cycle in range(2):
+        for category, question, options in questions:
+            shown = options[cycle:] + options[:cycle]
+            rows.append({"index": len(rows), "question": question, **dict(zip("ABCD", shown, strict=True)),
+                         "answer": "ABCD"[shown.index(options[0])], "category": category,
+                         "cycle_category": cycle, "image": cell})
+    return rows
+
+
+def _hrbench(out: Path, rng: random.Random) -> None:
+    root = out / "hrbench"
+    rows = _hrbench_rows(rng, 450, 262)
+    features = Features({c: Value("int64") if c in ("index", "cycle_category") else Value("string")
+                         for c in HRBENCH_COLUMNS})
+    columns = {c: [row[c] for row in rows] for c in HRBENCH_COLUMNS}
+    root.mkdir(parents=True, exist_ok=True)
+    Dataset.from_dict(columns, features=features).to_parquet(str(root / "hr_bench_4k.parquet"))
+    rows = _hrbench_rows(rng, 522, 306)
+    for row in rows[2:]:  # the second cycle stores its picture as a reference to the first (VLMEvalKit's layout)
+        row["image"] = str(rows[0]["index"])
+    _tsv(rows, HRBENCH_COLUMNS, root / "hr_bench_8k.tsv")
+
+
+TREEBENCH_COLUMNS = ("index", "image", "question", "multi-choice options", "A", "B", "C", "D", "answer", "category",
+                     "target_instances")
+
+
+def _treebench_row(index: int, image: str, question: str, options: list[str], correct: int, category: str,
+                   boxes: list[list[int]]) -> dict[str, object]:
+    letters = "ABCD"[: len(options)]
+    return {"index": index, "image": image, "question": question,
+            "multi-choice options": "\n".join(f"{lt}. {o}" for lt, o in zip(letters, options, strict=True)),
+            **dict(zip(letters, options, strict=True)), "answer": letters[correct], "category": category,
+            "target_instances": str(boxes)}
+
+
+def _sign_scene(rng: random.Random, width: int, height: int, text: str) -> tuple[PILImage.Image, list[int]]:
+    """A cluttered canvas with one small white sign bearing ``text``; the sign's box ``[x1, y1, x2, y2]``."""
+    image = _clutter(rng, width, height, blocks=6, distractors=50, sizes=(6, 10, 16, 24))
+    draw = ImageDraw.Draw(image)
+    x, y = rng.randrange(40, width - 120), rng.randrange(40, height - 60)
+    x0, y0, x1, y1 = draw.textbbox((x + 6, y + 4), text, font=_font(13))
+    draw.rectangle((x, y, x1 + 6, y1 + 4), fill=(250, 250, 250), outline=(20, 20, 20))
+    draw.text((x + 6, y + 4), text, font=_font(13), fill=(20, 20, 20))
+    return image, [x, y, x1 + 7, y1 + 5]
+
+
+def _treebench(out: Path, rng: random.Random) -> None:
+    rows: list[dict[str, object]] = []
+    targets = _two_targets(rng)
+    (shape, colour), (other, _) = targets
+    image, boxes = _search_scene(rng, 480, 352, targets)
+    options = [colour, *_other_colours(rng, colour, 3)]
+    rng.shuffle(options)
+    rows.append(_treebench_row(0, _base64_jpeg(image), f"What is the color of the {shape}?", options,
+                               options.index(colour), "Perception/Attributes", boxes[:1]))
+    # Seen from the other target, facing the camera, image-left is on the right. This row shares the first picture.
+    facing = "right" if boxes[0][0] < boxes[1][0] else "left"
+    rows.append(_treebench_row(1, "0", f"Standing at the {other} and facing the camera, is the {shape} on your left "
+                               "or on your right?", ["left", "right"], ["left", "right"].index(facing),
+                               "Reasoning/Perspective Transform", boxes))
+    number = rng.randrange(10, 99)
+    image, sign = _sign_scene(rng, 400, 300, f"EXIT {number}")
+    options = [str(number), str(number + 7), str(number % 10 * 10 + number // 10 + 1), str(number + 30)]
+    rows.append(_treebench_row(2, _base64_jpeg(image), "What number is written on the small white sign?", options,
+                               0, "Perception/OCR", [sign]))
+    targets = _two_targets(rng)
+    image, boxes = _search_scene(rng, 420, 320, targets, radius=(8, 22))
+    areas = [(x2 - x1) * (y2 - y1) for x1, y1, x2, y2 in boxes]
+    options = [targets[0][0], targets[1][0], "they are the same size"]
+    correct = 2 if areas[0] == areas[1] else int(areas[1] > areas[0])
+    rows.append(_treebench_row(3, _base64_jpeg(image), f"Which is larger, the {targets[0][0]} or the "
+                               f"{targets[1][0]}?", options, correct, "Reasoning/Comparison", boxes))
+    _tsv(rows, TREEBENCH_COLUMNS, out / "treebench" / "TreeBench.tsv")
+
+
+def _bar_chart(values: dict[str, int]) -> PILImage.Image:
+    image = PILImage.new("RGB", (362, 258), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    draw.text((120, 6), "Monthly orders", font=_font(14), fill=(20, 20, 20))
+    draw.line((30, 228, 350, 228), fill=(40, 40, 40), width=2)
+    for k, (month, value) in enumerate(values.items()):  # values below 90: the bars stay under the title
+        x = 40 + 52 * k
+        draw.rectangle((x, 228 - 2 * value, x + 34, 228), fill=(60, 110, 190))
+        draw.text((x + 17, 222 - 2 * value), str(value), font=_font(11), fill=(20, 20, 20), anchor="mb")
+        draw.text((x + 17, 232), month, font=_font(11), fill=(20, 20, 20), anchor="mt")
+    return image
+
+
+def _aerial(rng: random.Random, cars: dict[str, int]) -> PILImage.Image:
+    """A top-down field with a road and small parked cars, ``cars[colour]`` of each colour."""
+    nrng = np.random.default_rng(rng.randrange(2**32))
+    field = nrng.integers(70, 130, size=(6, 8, 3), dtype=np.uint8) * np.array([0.6, 1.0, 0.5])
+    image = PILImage.fromarray(field.astype(np.uint8)).resize((418, 298), PILImage.Resampling.BICUBIC)
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((0, 130, 418, 170), fill=(110, 110, 115))
+    slots = rng.sample(range(14), sum(cars.values()))
+    colours = [c for c, n in cars.items() for _ in range(n)]
+    for slot, colour in zip(slots, colours, strict=True):
+        x = 14 + 28 * slot
+        draw.rectangle((x, 138, x + 16, 162), fill=COLOURS[colour], outline=(30, 30, 30))
+    return image
+
+
+MME_CHOICE_NONE = "The image does not feature the {}."
+
+
+def _mme_record(qid: str, image: str, text: str, options: list[str], correct: int, task: str, subtask: str,
+                category: str, feature: str) -> dict[str, object]:
+    choices = [*options, MME_CHOICE_NONE.format(feature)]
+    return {"Question_id": qid, "Image": image, "Text": text, "Question Type": "Multiple Choice",
+            "Answer choices": [f"({'ABCDE'[k]}) {c}" for k, c in enumerate(choices)],
+            "Ground truth": "ABCDE"[correct], "Task": task, "Subtask": subtask, "Category": category}
+
+
+def _mme_realworld(out: Path, rng: random.Random) -> None:
+    values = dict(zip(("Jan", "Feb", "Mar", "Apr", "May", "Jun"), rng.sample(range(20, 90), 6), strict=True))
+    cars = {"red": 3, "white": 4, "blue": 2}
+    room = [Thing("box", "orange", -1.0, 5.0), Thing("ball", "green", 0.8, 2.8), Thing("box", "purple", 0.2, 7.5)]
+    pictures = {
+        "diagram_and_table/orders_2024.png": _bar_chart(values),
+        "remote_sensing/parking_017.jpg": _aerial(rng, cars),
+        "autonomous_driving/front_0032.jpg": _render(room, Camera()),
+    }
+    mar = values["Mar"]
+    value_options = rng.sample([mar, mar + 5, mar - 3, mar + 11], 4)
+    months = sorted(values, key=values.get, reverse=True)[:4]
+    month_options = rng.sample(months, 4)
+    count_options = [1, 2, 3, 5]
+    objects = ["the orange box", "the green ball", "the purple box", "a pedestrian"]
+    records = [
+        _mme_record("Perception/Diagram_and_Table/diagram/0001", "diagram_and_table/orders_2024.png",
+                    "What is the number of orders in Mar according to the chart?", [str(v) for v in value_options],
+                    value_options.index(mar), "Perception", "Diagram and Table", "diagram", "number"),
+        _mme_record("Reasoning/Diagram_and_Table/diagram/0002", "diagram_and_table/orders_2024.png",
+                    "Which month had the most orders?", month_options, month_options.index(months[0]),
+                    "Reasoning", "Diagram and Table", "diagram", "months"),
+        _mme_record("Perception/Remote_Sensing/count/0003", "remote_sensing/parking_017.jpg",
+                    "How many red cars are parked along the road?", [str(n) for n in count_options],
+                    count_options.index(cars["red"]), "Perception", "Remote Sensing", "count", "cars"),
+        # No bus in the picture: the answer is E, "the image does not feature" (attribute categories merge).
+        _mme_record("Perception/Monitoring/Vehicle/attribute/color/0004", "remote_sensing/parking_017.jpg",
+                    "What is the color of the bus?", ["red", "white", "blue", "black"], 4, "Perception",
+                    "Monitoring", "Vehicle/attribute/color", "bus"),
+        _mme_record("Perception/Autonomous_Driving/Objects_Identify/0005", "autonomous_driving/front_0032.jpg",
+                    "Which object is closest to the ego car?", objects, 1, "Perception", "Autonomous_Driving",
+                    "Objects_Identify", "objects"),
+    ]
+    for rel, image in pictures.items():
+        for folder in (out / "mme_realworld", out / "mme_realworld_lite" / "data" / "imgs"):
+            (_png if rel.endswith(".png") else _jpeg)(image, folder / rel)
+    _json(records, out / "mme_realworld" / "MME_RealWorld.json")
+    _json([records[0], records[2], records[4]], out / "mme_realworld_lite" / "data" / "MME-RealWorld-Lite.json")
+
+
+def _visualprobe(out: Path, rng: random.Random) -> None:
+    levels = {"Easy": ((420, 300), (14, 20)), "Medium": ((520, 362), (9, 13)), "Hard": ((610, 410), (6, 9))}
+    for level, (size, radius) in levels.items():
+        folder = out / "visualprobe" / f"VisualProbe_{level}"
+        rows = []
+        for k in range(2):
+            targets = _two_targets(rng)
+            (shape, colour), (other, other_colour) = targets
+            image, boxes = _search_scene(rng, *size, targets, radius)
+            name = f"data/{level.lower()}_{k}.jpg"
+            _jpeg(image, folder / name)
+            problem, solution = f"<image>\nWhat is the color of the {shape}?", colour
+            if level == "Medium" and k == 1:
+                side = "left" if boxes[0][0] < boxes[1][0] else "right"
+                problem, solution = f"<image>\nIs the {shape} to the left or to the right of the {other}?", side
+            if level == "Hard" and k == 1:  # multiple choice inside the problem: Mini-o3's letter rule applies
+                options = [other_colour, *_other_colours(rng, other_colour, 2)]
+                rng.shuffle(options)
+                listed = "\n".join(f"({'ABC'[i]}) {o}" for i, o in enumerate(options))
+                problem = f"<image>\nWhat is the color of the {other}?\n{listed}\nAnswer with the option's letter."
+                solution = "ABC"[options.index(other_colour)]
+            # Image paths start at the folder above the levels, as Mini-o3's BASE_IMAGE_DIR; one is relative to
+            # its level's folder instead, which the loader also accepts.
+            path = name if (level, k) == ("Easy", 1) else f"VisualProbe_{level}/{name}"
+            rows.append({"images": [path], "doc_id": str(k), "problem": problem, "solution": solution,
+                         "data_source": f"visual_probe_{level.lower()}"})
+        _json(rows, folder / "val.json")
+
+
+def _robospatial(out: Path) -> None:
+    root = out / "robospatial"
+    red_box, blue_ball = Thing("box", "red", -1.2, 4.2), Thing("ball", "blue", 1.0, 3.4)
+    big_box, small_ball = Thing("box", "green", 0.2, 5.6, 0.9), Thing("ball", "yellow", -0.5, 2.8, 0.35)
+    pictures = {"images/img_configuration_0.png": _render([red_box, blue_ball, big_box], Camera()),
+                "images/img_compatibility_0.png": _render([big_box, small_ball], Camera(yaw=0.1))}
+    for rel, image in pictures.items():
+        _png(image, root / rel)
+    config, compat = pictures
+    records = [
+        ("configuration", config, "Is the red box to the left of the blue ball? Answer yes or no.", "Yes"),
+        ("configuration", config, "Is the green box in front of the blue ball? Answer yes or no.", "no"),
+        ("compatibility", compat, "Can the yellow ball fit inside the green box? Answer yes or no.", "yes"),
+        ("compatibility", compat, "Can the green box be placed on top of the yellow ball and stay there? "
+         "Answer yes or no.", "no"),
+        ("context", config, "In the image, there is a blue ball. Pinpoint several points within the vacant space "
+         "situated to the left of the blue ball.", "[(0.383, 0.873), (0.390, 0.990), (0.310, 0.940)]"),
+    ]
+    _json([{"category": c, "question": q, "answer": a, "img": img, "depth_image": None, "mask": None}
+           for c, img, q, a in records], root / "annotations.json")
+
+
+def _mini_phone(variant: int) -> Screen:
+    s = Screen.new(360, 640, (248, 248, 250))
+    s.rect((0, 0, 360, 56), (0, 122, 255))
+    s.text(130, 16, ("Inbox", "Profile")[variant], 18, (255, 255, 255))
+    s.icon(0, 8, "menu", 40, (255, 255, 255), instruction="open the navigation menu")  # touches the left edge
+    for k, label in enumerate((("Alice", "Build status", "Lunch?"), ("Name", "Email", "Password"))[variant]):
+        y = 80 + 72 * k
+        s.rect((12, y, 348, y + 60), (255, 255, 255))
+        s.text(28, y + 20, label, 16, instruction=f"open {label}" if k == 1 else None)
+    s.button(110, 560, ("Compose", "Save changes")[variant], 16, (0, 122, 255),
+             instruction=("write a new message", "save the profile")[variant])
+    s.icon(320, 600, "settings", 40, (120, 120, 130), instruction="open the settings")  # touches the bottom edge
+    return s
+
+
+def _mini_web() -> Screen:
+    s = Screen.new(800, 480, (255, 255, 255))
+    s.rect((0, 0, 800, 48), (35, 47, 62))
+    s.text(16, 14, "NewsNow", 18, (255, 255, 255))
+    for k, label in enumerate(["World", "Sport", "Science"]):
+        s.text(520 + 86 * k, 16, label, 15, (255, 255, 255), instruction=f"open the {label} section" if k else None)
+    s.icon(470, 10, "search", 28, (255, 200, 60), annotate=True)
+    for k in range(3):
+        y = 80 + 120 * k
+        s.rect((24, y, 776, y + 100), (244, 245, 248))
+        s.text(40, y + 16, f"Headline number {k + 1}", 17, (30, 60, 140),
+               instruction="read the second headline" if k == 1 else None)
+    s.button(660, 430, "Subscribe", 15, (200, 40, 40), instruction="subscribe to the newsletter")
+    return s
+
+
+def _osatlas(out: Path) -> None:
+    root = out / "osatlas"
+    grounding = root / "web_grounding"
+    rows = []
+    for name, screen in (("web_0.png", _mini_web()), ("phone_0.png", _mini_phone(0))):
+        _png(screen.image, grounding / "images" / name)
+        for item in screen.items:
+            x1, y1, x2, y2 = item["box"]  # type: ignore[misc]
+            rows.append({"problem": f"<image>\nInstruction: {item['instruction']}",
+                         "answer": f"({x1}, {y1}, {x2}, {y2})", "images": [f"web_grounding/images/{name}"]})
+    (grounding / "vigorl_osatlas_train_RL.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:-2]),
+                                                            encoding="utf-8")
+    (grounding / "vigorl_osatlas_val_RL.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[-2:]),
+                                                          encoding="utf-8")
+    # OS-Atlas's own release: boxes as fractions of the screenshot; the second screenshot groups its elements.
+    raw = root / "mobile_domain"
+    records: list[dict[str, object]] = []
+    for n, screen in enumerate((_mini_phone(0), _mini_phone(1))):
+        name = f"uibert_{n}.png"
+        _png(screen.image, raw / name)
+        width, height = screen.image.size
+        elements = [{"instruction": item["instruction"], "data_type": item["type"],
+                     "bbox": [round(v / (width, height)[i % 2], 4) for i, v in enumerate(item["box"])]}  # type: ignore
+                    for item in screen.items]
+        if n == 0:
+            records += [{"img_filename": name, **element} for element in elements]
+        else:
+            records.append({"img_filename": name, "elements": elements})
+    _json(records, raw / "uibert_raw.json")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+SETS = ("vstar", "screenspot_v2", "screenspot_pro", "sat2", "blink", "hrbench", "mme_realworld", "mme_realworld_lite",
+        "treebench", "visualprobe", "robospatial", "osatlas")
 
 
 def main(out_dir: Path | str = HERE) -> None:
@@ -716,6 +1051,12 @@ def main(out_dir: Path | str = HERE) -> None:
     _screenspot_pro(out)
     _sat2(out)
     _blink(out)
+    _hrbench(out, random.Random(rng.getrandbits(64)))
+    _mme_realworld(out, random.Random(rng.getrandbits(64)))
+    _treebench(out, random.Random(rng.getrandbits(64)))
+    _visualprobe(out, random.Random(rng.getrandbits(64)))
+    _robospatial(out)
+    _osatlas(out)
 
 
 if __name__ == "__main__":

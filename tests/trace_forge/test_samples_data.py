@@ -172,3 +172,39 @@ def test_blink_parquet(tmp_path):
     assert "(B)" in answers and "(A)" in answers
     test = Dataset.from_parquet(str(SAMPLES / "blink" / "Relative_Depth" / "test.parquet"), cache_dir=str(tmp_path))
     assert test["answer"] == ["hidden"]
+
+
+def test_thinking_with_images_sets_stay_small():
+    folders = ("hrbench", "mme_realworld", "mme_realworld_lite", "treebench", "visualprobe", "robospatial", "osatlas")
+    total = sum(p.stat().st_size for folder in folders for p in (SAMPLES / folder).rglob("*") if p.is_file())
+    assert 0 < total < 600 * 1024
+
+
+def test_treebench_colour_answer_lies_in_its_evidence_box():
+    import base64
+    import csv
+    import io
+
+    csv.field_size_limit(2**31 - 1)
+    with (SAMPLES / "treebench" / "TreeBench.tsv").open(newline="", encoding="utf-8") as f:
+        row = next(csv.DictReader(f, delimiter="\t"))
+    assert row["category"] == "Perception/Attributes"
+    colour = np.array(_load_generator().COLOURS[row[row["answer"]]])
+    (x1, y1, x2, y2), = json.loads(row["target_instances"])
+    with Image.open(io.BytesIO(base64.b64decode(row["image"]))) as im:
+        close = np.abs(np.asarray(im.convert("RGB"), dtype=np.int32) - colour).sum(axis=2) < 90
+    # Small targets (a ring is mostly outline): the colour is far denser in the box than in the picture.
+    assert close[y1:y2, x1:x2].mean() > 0.08 and close[y1:y2, x1:x2].mean() > 5 * close.mean()
+
+
+def test_osatlas_layouts_agree_on_the_shared_screen():
+    vigorl = [json.loads(line) for line in (SAMPLES / "osatlas" / "web_grounding" / "vigorl_osatlas_train_RL.jsonl")
+              .read_text().splitlines()]
+    phone = {r["problem"].split("Instruction: ")[1]: r["answer"] for r in vigorl if "phone_0" in r["images"][0]}
+    raw = json.loads((SAMPLES / "osatlas" / "mobile_domain" / "uibert_raw.json").read_text())
+    flat = {r["instruction"]: r["bbox"] for r in raw if "bbox" in r}
+    assert phone and set(phone) <= set(flat)
+    for instruction, answer in phone.items():
+        pixels = [int(v) for v in answer.strip("()").split(",")]
+        fractions = [p / (360, 640)[i % 2] for i, p in enumerate(pixels)]
+        assert flat[instruction] == pytest.approx(fractions, abs=1e-4)

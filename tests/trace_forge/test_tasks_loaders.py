@@ -236,7 +236,8 @@ GENERIC_MAP = dict(id="uid", image="img", question="q", options="choices", answe
 
 def test_registry_names_and_unknown_task():
     assert task_names() == sorted(
-        ["vstar", "screenspot", "screenspot-v2", "screenspot-pro", "sat2", "blink", "generic"]
+        ["vstar", "screenspot", "screenspot-v2", "screenspot-pro", "sat2", "blink", "generic", "hrbench-4k",
+         "hrbench-8k", "mme-realworld", "mme-realworld-lite", "treebench", "visualprobe", "robospatial", "osatlas"]
     )
     with pytest.raises(ConfigError, match="unknown task 'nope'.*vstar"):
         get_task("nope")

@@ -29,14 +29,15 @@ out = Console()  # tables are the command's output: stdout (errors go to stderr 
 
 @tasks_app.command("list")
 def list_tasks() -> None:
-    """List the registered tasks with their answer kind, Hub dataset and zoom crop."""
+    """List the registered tasks with their answer kind, Hub dataset, splits and zoom crop."""
     table = Table()
-    for column in ("name", "answer kind", "hub id", "default split", "zoom crop"):
+    for column in ("name", "answer kind", "hub id", "splits", "default split", "zoom crop"):
         table.add_column(column, no_wrap=column in ("name", "hub id"))
     for name in task_names():
         task = get_task(name)
         zoom = f"{task.zoom.crop}->{task.zoom.out} px" + (" +dot" if task.zoom.dot else "")
-        table.add_row(name, task.answer_kind.value, task.hub_id or "-", task.default_split, zoom)
+        splits = ", ".join(task.splits) or "any"
+        table.add_row(name, task.answer_kind.value, task.hub_id or "-", splits, task.default_split, zoom)
     out.print(table)
 
 

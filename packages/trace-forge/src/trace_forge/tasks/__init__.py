@@ -3,7 +3,19 @@
 Importing this package registers every task; pick one with :func:`get_task` (``task_names()`` lists them).
 """
 
-from trace_forge.tasks import blink, generic, sat, screenspot, vstar  # noqa: F401  (registers the tasks)
+from trace_forge.tasks import (  # noqa: F401  (registers the tasks)
+    blink,
+    generic,
+    hrbench,
+    mme_realworld,
+    osatlas,
+    robospatial,
+    sat,
+    screenspot,
+    treebench,
+    visualprobe,
+    vstar,
+)
 from trace_forge.tasks.base import Task, TaskSpec, get_task, task_names
 from trace_forge.tasks.sample import AnswerKind, Sample
 from trace_forge.tasks.scoring import Verdict, score_answer

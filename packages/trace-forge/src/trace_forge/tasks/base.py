@@ -70,6 +70,7 @@ class Task(ABC):
     answer_kind: ClassVar[AnswerKind]
     hub_id: ClassVar[str | None] = None  # official Hugging Face dataset id, when there is one
     default_split: ClassVar[str] = "test"
+    splits: ClassVar[tuple[str, ...]] = ("test",)  # the splits load() reads; empty: whichever the data holds
     zoom: ClassVar[ZoomSpec] = VISUAL_SEARCH_ZOOM  # crop geometry for multi-turn zoom on this task
     license_note: ClassVar[str] = ""  # licence of the source benchmark, for dataset cards
 
@@ -95,6 +96,17 @@ class Task(ABC):
         Bad input raises :class:`~trace_forge.errors.DataError` naming the file and line, unless ``skip_bad``,
         in which case the bad record is skipped and counted in :attr:`skipped`.
         """
+
+    def resolve_split(self, split: str | None) -> str:
+        """``split``, or :attr:`default_split` when None.
+
+        Raises:
+            ConfigError: a split this task does not have (the message lists :attr:`splits`).
+        """
+        split = split or self.default_split
+        if self.splits and split not in self.splits:
+            raise ConfigError(f"task {self.name!r} has no split {split!r}; its splits: {', '.join(self.splits)}")
+        return split
 
     def choose(self, sample: Sample, answer: str) -> int | None:
         """The option an answer selects (index into ``sample.options``), or None: :func:`scoring.choose_option`

@@ -53,6 +53,7 @@ class Blink(Task):
     answer_kind = AnswerKind.OPTION
     hub_id = "BLINK-Benchmark/BLINK"
     default_split = "val"
+    splits = ("val", "test")  # test answers are hidden: its rows are skipped
     license_note = "BLINK gathers images from several existing datasets; see the benchmark's licence"
 
     def __init__(self, *, subtasks: Sequence[str] | str | None = None) -> None:

@@ -83,6 +83,7 @@ class GenericTask(Task):
 
     name = "generic"
     answer_kind = AnswerKind.TEXT
+    splits = ()  # a user table: whatever splits its files or saved dataset hold
     license_note = "see the source dataset's licence"
 
     def __init__(self, *, box_format: str = "xyxy", answer_kind: str | None = None, **columns: str | None) -> None:

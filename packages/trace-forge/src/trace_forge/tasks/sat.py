@@ -59,6 +59,7 @@ class SAT2(Task):
     name = "sat2"
     answer_kind = AnswerKind.OPTION
     hub_id = "array/SAT-v2"
+    splits = ("train", "static", "val", "test")
     license_note = "SAT (array/SAT-v2), synthetic ProcTHOR scenes plus real test images; see the benchmark's licence"
 
     def __init__(self, *, circular: bool = False) -> None:

@@ -50,6 +50,7 @@ class _GroundingTask(Task):
 
     answer_kind = AnswerKind.POINT
     zoom = GUI_ZOOM
+    splits = ("test",)
 
 
 

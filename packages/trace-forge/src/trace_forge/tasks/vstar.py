@@ -75,6 +75,7 @@ class VStar(Task):
     name = "vstar"
     answer_kind = AnswerKind.OPTION
     hub_id = "craigwu/vstar_bench"
+    splits = ("test",)
     license_note = (
         "V*Bench images come from Meta's SA-1B dataset and follow its terms; see the benchmark's licence for the "
         "annotations."
