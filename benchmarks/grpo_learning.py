@@ -39,16 +39,17 @@ import logging
 import os
 import random
 import statistics
+from dataclasses import replace
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
 from grounded_rl.train import PipelineConfig, run_pipeline
-from trace_forge.dataset import split_by_question, write_dataset
+from trace_forge.card import Provenance
+from trace_forge.dataset import PIXEL_VIEW, TraceRow, write_rows
 from trace_forge.grounding import Step, format_point
 from trace_forge.linearize import Chain, ChainSource
-from trace_forge.tasks import Sample, get_task
-from trace_forge.tasks.prompts import PROMPT_VERSION, prompts_for
+from trace_forge.tasks import Sample, TaskSpec
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,6 +60,7 @@ QUESTION = "Where is the red square?"
 RED = (220, 30, 30)
 # The generic task's column map of the JSONL the benchmark writes.
 COLUMNS = {"image": "image", "question": "question", "boxes": "box", "id": "id", "answer_kind": "point"}
+TEACHER = "oracle:square-centre"
 
 # ---- what is printed ------------------------------------------------------------------------------------------
 COMPONENTS = {
@@ -94,38 +96,18 @@ def write_questions(folder: Path, name: str, n: int, rng: random.Random) -> Path
 
 def trace_row(sample: Sample) -> dict:
     """The single-turn trace of one question (trace dataset contract): one step at the square's centre, then it."""
-    canvas = sample.canvas()
     centre = sample.target_boxes[0].center
     step = Step(f"The red square is at {format_point(centre)}.", centre)
-    chain = Chain(sample.id, "direct", (step,), format_point(centre), True, 1.0, (1.0,), ChainSource(0))
-    prompts = prompts_for(sample.answer_kind)
+    chain = Chain(sample.id, "direct", (step,), format_point(centre), True, 1.0, (1.0,), ChainSource(0),
+                  answer_point=centre)
+    canvas = sample.canvas()
     png = io.BytesIO()
     canvas.save(png, format="PNG")
-    return {
-        "messages": [
-            {"role": "system", "content": [{"type": "text", "text": prompts.student_system(False)}]},
-            {"role": "user", "content": [{"type": "image", "text": None},
-                                         {"type": "text", "text": prompts.question_text(sample)}]},
-            {"role": "assistant", "content": [{"type": "text", "text": chain.render()}]},
-        ],
-        "images": [{"bytes": png.getvalue(), "path": None}],
-        "question_id": sample.id,
-        "task": sample.task,
-        "category": sample.category,
-        "kind": chain.kind,
-        "mode": "single",
-        "steps": [s.to_dict() for s in chain.steps],
-        "answer": chain.answer,
-        "correct": chain.correct,
-        "reward": chain.reward,
-        "node_values": list(chain.node_values),
-        "image_size": list(canvas.size),
-        "target_boxes": [b.to_list() for b in sample.target_boxes],
-        "source": json.dumps({"benchmark": "grpo_learning"}),
-        "teacher": "oracle:square-centre",
-        "simulated": True,
-        "prompt_version": PROMPT_VERSION,
-    }
+    row = TraceRow(sample=replace(sample, images=[]), task=TaskSpec("generic", COLUMNS), mode="single",
+                   view=PIXEL_VIEW, image_size=canvas.size, chain=chain, zoom_steps=(),
+                   images=({"bytes": png.getvalue(), "path": None},), teacher=TEACHER, simulated=True,
+                   source_run="grpo_learning")
+    return row.to_row()
 
 
 def make_data(folder: Path, seed: int, n_sft: int, n_grpo: int) -> tuple[Path, Path]:
@@ -133,8 +115,12 @@ def make_data(folder: Path, seed: int, n_sft: int, n_grpo: int) -> tuple[Path, P
     rng = random.Random(seed)
     sft_questions = write_questions(folder, "sft", n_sft, rng)
     grpo_questions = write_questions(folder, "grpo", n_grpo, rng)
-    rows = [trace_row(s) for s in get_task("generic", **COLUMNS).load(sft_questions)]
-    write_dataset(split_by_question(rows, val_fraction=0.0), folder / "traces", overwrite=True)
+    spec = TaskSpec("generic", COLUMNS)
+    rows = [trace_row(s) for s in spec.build().load(sft_questions)]
+    provenance = Provenance(task=spec.to_dict(), teacher={"backend": "oracle", "model": "square-centre",
+                                                         "simulated": True})
+    write_rows((("train", [row]) for row in rows), folder / "traces", mode="single", provenance=provenance,
+               overwrite=True)
     return folder / "traces", grpo_questions
 
 

@@ -4,8 +4,8 @@ earn the full reward, and its GRPO questions are fresh images scored by the offi
 from __future__ import annotations
 
 from benchmarks.grpo_learning import COLUMNS, RED, SIDE, SIZE, make_data
-from grounded_rl.data import load_traces
 from grounded_rl.rewards import accuracy_reward, format_reward
+from trace_forge.dataset import load_traces
 from trace_forge.grounding import Point
 from trace_forge.tasks import get_task
 
@@ -17,8 +17,9 @@ def test_traces_and_questions(tmp_path):
     n = len(rows)
     assert n == 6 and set(rows["mode"]) == {"single"} and set(rows["image_size"][0]) == {SIZE}
     texts = [row["messages"][-1]["content"][0]["text"] for row in rows]
-    columns = dict(task=rows["task"], answer_kind=["point"] * n, target_boxes=rows["target_boxes"],
-                   image_size=rows["image_size"], model_size=rows["image_size"], frame=["model"] * n)
+    columns = dict(task=rows["task"], task_options=rows["task_options"], answer_kind=["point"] * n,
+                   target_boxes=rows["target_boxes"], image_size=rows["image_size"], model_size=rows["image_size"],
+                   frame=["model"] * n)
     assert format_reward(texts, **columns) == [1.0] * n
     assert accuracy_reward(texts, **columns) == [1.0] * n
     # The same answers given to the next question's box mostly miss: the traces are specific to their image.

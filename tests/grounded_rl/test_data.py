@@ -1,10 +1,10 @@
-"""Trace loading, point rewriting, whole-turn fitting, assistant-only labels and the image-token guard."""
+"""The model's view of trace rows, whole-turn fitting, assistant-only labels and the image-token guard."""
 
 from __future__ import annotations
 
-import json
 import logging
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,23 +16,23 @@ from grounded_rl.data import (
     drop_unfit,
     fit_turns,
     image_token_count,
-    load_traces,
-    prepare_example,
-    with_images,
+    model_chat,
+    model_view,
 )
 from grounded_rl.models import Family, geometry_for
-from trace_forge.dataset import FEATURES, write_dataset
+from trace_forge.card import Provenance
+from trace_forge.dataset import PIXEL_VIEW, TraceRow, load_traces, write_rows
 from trace_forge.errors import DataError
-from trace_forge.grounding import Frame, Point, Step, ZoomSpec, zoom
-from trace_forge.linearize import Chain, ChainSource, to_dialog
-from trace_forge.tasks.prompts import NORM1000_HINT, PROMPT_VERSION, TEMPLATES, prompts_for
+from trace_forge.grounding import Frame, Point, Step, View
+from trace_forge.linearize import Chain, ChainSource, plan_zooms
+from trace_forge.tasks import AnswerKind, Sample, TaskSpec
+from trace_forge.tasks.prompts import NORM1000_HINT, TEMPLATES
 
-TEST_ZOOM = ZoomSpec(crop=64, out=112)  # small crops: 16 visual tokens each with the tiny processors
-_PROMPTS = prompts_for("option")
+COLOURS = ["red", "green", "blue", "white"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Hand-made trace rows in the trace-forge contract (shared with test_sft.py)
+# Trace rows made by trace-forge's own row encoder (shared with test_sft.py)
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -47,58 +47,42 @@ def make_canvas(seed: int, size: tuple[int, int] = (224, 168)) -> Image.Image:
     return image
 
 
-def make_row(
-    seed: int, mode: str = "multi", n_steps: int = 2, size: tuple[int, int] = (224, 168), system: str | None = None
-) -> dict:
-    """One trace row (all contract columns) for a random grounded chain, linearized like trace-forge does.
-
-    ``system`` replaces the student system prompt (training tests use a short one: every byte is a token).
-    """
+def make_trace(seed: int, mode: str = "multi", n_steps: int = 2, size: tuple[int, int] = (224, 168),
+               view: View = PIXEL_VIEW) -> TraceRow:
+    """A decoded trace row of a random grounded chain on a V* question, written in ``view``."""
     rng = random.Random(seed)
     canvas = make_canvas(seed, size)
-    colours = ["red", "green", "blue", "white"]
     steps = tuple(
-        Step(f"The {rng.choice(colours)} square is here", Point(rng.uniform(10, size[0] - 10),
+        Step(f"The {rng.choice(COLOURS)} square is here", Point(rng.uniform(10, size[0] - 10),
                                                                  rng.uniform(10, size[1] - 10)))
         for _ in range(n_steps)
     )
-    answer = rng.choice(colours)
+    answer = rng.choice(COLOURS)
     chain = Chain(f"q{seed}", "direct", steps, answer, True, 1.0, (1.0,), ChainSource(0, (0,)))
-    system_text = system if system is not None else _PROMPTS.student_system(mode == "multi")
-    system = {"role": "system", "content": [{"type": "text", "text": system_text}]}
-    question = f"Colour? (A) {colours[0]} (B) {colours[1]}"
-    user = {"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": question}]}
-    images = [canvas]
-    if mode == "single":
-        dialog = [{"role": "assistant", "content": [{"type": "text", "text": chain.render()}]}]
-    else:
-        dialog = []
-        for turn in to_dialog(chain, _PROMPTS, dot=False, max_zooms=4):
-            parts = [{"type": "text", "text": turn.text}]
-            if turn.zoom is not None:
-                images.append(zoom(canvas, *turn.zoom, TEST_ZOOM).image)
-                parts.insert(0, {"type": "image", "text": None})
-            dialog.append({"role": turn.role, "content": parts})
-    return {
-        "messages": [system, user, *dialog],
-        "images": images,
-        "question_id": chain.question_id,
-        "task": "vstar",
-        "category": "direct_attributes",
-        "kind": "direct",
-        "mode": mode,
-        "steps": [s.to_dict() for s in steps],
-        "answer": answer,
-        "correct": True,
-        "reward": 1.0,
-        "node_values": [1.0],
-        "image_size": list(size),
-        "target_boxes": [[0.0, 0.0, 20.0, 20.0]],
-        "source": json.dumps({"run": "test"}),
-        "teacher": "sim:test",
-        "simulated": True,
-        "prompt_version": PROMPT_VERSION,
-    }
+    sample = Sample(f"q{seed}", "vstar", [], "What colour is the square?", AnswerKind.OPTION, COLOURS, answer,
+                    category="direct_attributes")
+    row = TraceRow(sample=sample, task=TaskSpec("vstar"), mode=mode, view=PIXEL_VIEW, image_size=size, chain=chain,
+                   zoom_steps=plan_zooms(steps, 4) if mode == "multi" else (), images=(canvas,),
+                   teacher="sim:test", simulated=True)
+    return row.in_view(view, canvas=canvas)  # cuts the crops, in the view's frame
+
+
+def make_row(seed: int, mode: str = "multi", n_steps: int = 2, size: tuple[int, int] = (224, 168),
+             view: View = PIXEL_VIEW, system: str | None = None) -> dict:
+    """A stored row (all columns); ``system`` replaces the system prompt text (training tests use a short one: every
+    byte is a token with the tiny tokenizer), which a model reads as stored when ``view`` is its own."""
+    row = make_trace(seed, mode, n_steps, size, view).to_row()
+    if system is not None:
+        row["messages"][0]["content"][0]["text"] = system
+    return row
+
+
+def write_traces(rows_by_split: dict[str, list[dict]], folder: Path) -> Path:
+    """Rows written as a dataset folder, one question per row."""
+    provenance = Provenance(task=TaskSpec("vstar").to_dict(), teacher={"backend": "sim", "model": "test"})
+    questions = ((split, [row]) for split, rows in rows_by_split.items() for row in rows)
+    write_rows(questions, folder, mode="multi", provenance=provenance)
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -106,93 +90,48 @@ def processor(tiny_qwen2_5_vl_dir):
     return AutoProcessor.from_pretrained(tiny_qwen2_5_vl_dir)
 
 
-def _texts(row: dict, role: str) -> list[str]:
-    return [p["text"] for m in row["messages"] if m["role"] == role for p in m["content"] if p["type"] == "text"]
+def _texts(messages: list[dict], role: str) -> list[str]:
+    return [p["text"] for m in messages if m["role"] == role for p in m["content"] if p["type"] == "text"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Loading
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def test_load_traces_reads_hf_and_parquet_and_names_missing_columns(tmp_path):
-    rows = [make_row(i, mode) for i, mode in enumerate(["multi", "single", "multi"])]
-    write_dataset({"train": rows[:2], "validation": rows[2:]}, tmp_path / "traces")
-
-    from_hf = load_traces(tmp_path / "traces", "train")
-    from_parquet = load_traces(tmp_path / "traces" / "parquet", "validation")
-    assert len(from_hf) == 2 and len(from_parquet) == 1
-    assert from_hf[0]["messages"] == rows[0]["messages"]
-    assert from_parquet[0]["question_id"] == rows[2]["question_id"]
-    assert [im.size for im in from_hf[0]["images"]] == [im.size for im in rows[0]["images"]]
-
-    with pytest.raises(DataError, match="no split 'test'"):
-        load_traces(tmp_path / "traces", "test")
-    from datasets import Dataset
-
-    partial = Dataset.from_list(rows[:1], features=FEATURES).remove_columns(["steps", "answer"])
-    partial.save_to_disk(str(tmp_path / "partial"))
-    with pytest.raises(DataError, match=r"missing columns \['steps', 'answer'\]"):
-        load_traces(tmp_path / "partial")
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="not a trace dataset"):
-        load_traces(tmp_path / "empty")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Point rewriting
+# The model's view
 # ---------------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
-def test_prepare_example_moves_every_point_to_the_family_frame(tiny_model_dir, family):
+def test_pixel_rows_are_re_rendered_in_the_family_frame_from_their_steps(tiny_model_dir, family):
     processor = AutoProcessor.from_pretrained(tiny_model_dir(family))
     row = make_row(3, "multi", n_steps=3, size=(517, 389))
     geometry = geometry_for(processor, 517, 389)
     frame = Family(family).frame
-    prepared = prepare_example(row, processor, family)
+    messages, images, sizes = model_chat(row, model_view(processor, family))
 
+    assistant, user = " ".join(_texts(messages, "assistant")), " ".join(_texts(messages, "user"))
     for raw in row["steps"]:
-        step = Step.from_dict(raw)
-        old, new = step.point.rounded(), step.to(frame, geometry).point.rounded()
+        point = Point(raw["x"], raw["y"])
+        old, new = point.rounded(), point.to(frame, geometry).rounded()  # from the float point, not the literal
         assert old != new  # the frames differ at this size, so a missed rewrite would show
-        assistant = " ".join(_texts(prepared, "assistant"))
-        tool = " ".join(_texts(prepared, "tool"))
         assert f"({new[0]}, {new[1]})" in assistant  # inline literal
+        assert f"({old[0]}, {old[1]})" not in assistant
+    for i in row["zoom_steps"]:
+        new = Point(row["steps"][i]["x"], row["steps"][i]["y"]).to(frame, geometry).rounded()
         assert f'"point": [{new[0]}, {new[1]}]' in assistant  # zoom call JSON
-        assert f"({new[0]}, {new[1]})" in tool  # observation text
-        assert f"({old[0]}, {old[1]})" not in assistant + tool
-    assert _texts(prepared, "user") == _texts(row, "user")
-    assert row["messages"][2] is not prepared["messages"][2]  # the input row is untouched
-    assert prepared["images"] is row["images"]
-
-    system = _texts(prepared, "system")[0]
+        assert f"({new[0]}, {new[1]})" in user  # observation text
+    assert len(images) == len(row["images"]) and sizes == [im.size for im in images]
+    system = _texts(messages, "system")[0]
     if frame is Frame.NORM1000:
         assert NORM1000_HINT in system and TEMPLATES["pixel_coordinates"] not in system
     else:
-        assert system == _texts(row, "system")[0]
+        assert system == _texts(row["messages"], "system")[0]
 
 
-def test_prepare_example_rewrites_all_literals_at_once_and_uses_unrounded_steps(processor):
-    # A's new literal is B's old literal: rewriting step by step would move A's literal a second time.
-    geometry = geometry_for(processor, 1000, 800)
-    a = Point(600.4, 400.0)
-    b_xy = a.to(Frame.MODEL, geometry).rounded()
-    b = Point(*b_xy)
-    answer = Point(999, 0)
-    text = (f"<think> A {a.rounded()} then B {b.rounded()}. </think>\n<tool_call>\n"
-            f'{{"name": "zoom", "arguments": {{"point":[{b_xy[0]},{b_xy[1]}]}}}}\n</tool_call>'
-            f"<answer> {answer.rounded()} </answer>")
-    row = {"image_size": [1000, 800], "steps": [Step("A", a).to_dict(), Step("B", b).to_dict()],
-           "messages": [{"role": "assistant", "content": [{"type": "text", "text": text}]}]}
-    out = _texts(prepare_example(row, processor, "qwen2_5_vl"), "assistant")[0]
-
-    new_a = a.to(Frame.MODEL, geometry).rounded()  # from the float point, not from the literal (600, 400)
-    new_b = b.to(Frame.MODEL, geometry).rounded()
-    new_answer = answer.to(Frame.MODEL, geometry).rounded()
-    assert f"A ({new_a[0]}, {new_a[1]}) then B ({new_b[0]}, {new_b[1]})." in out
-    assert f'"point":[{new_b[0]},{new_b[1]}]' in out
-    assert f"<answer> ({new_answer[0]}, {new_answer[1]}) </answer>" in out
+def test_rows_written_in_the_models_view_are_used_as_stored(processor):
+    view = model_view(processor, "qwen2_5_vl")
+    row = make_row(4, "multi", view=view, system="A custom system prompt.")
+    messages, images, _ = model_chat(row, view)
+    assert messages == row["messages"] and images == row["images"]  # what plain TRL trains on, edits kept
+    assert model_chat(make_row(4, "multi"), view)[0] == make_trace(4, "multi", view=view).messages()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -201,16 +140,21 @@ def test_prepare_example_rewrites_all_literals_at_once_and_uses_unrounded_steps(
 
 
 def _encoded_length(processor, messages, images) -> int:
-    out = processor.apply_chat_template([with_images(messages, images)], tokenize=True, return_dict=True)
+    from trl.data_utils import prepare_multimodal_messages
+
+    chat = prepare_multimodal_messages(messages, images)
+    out = processor.apply_chat_template([chat], tokenize=True, return_dict=True)
     return len(out["input_ids"][0])
 
 
+def _chat(row, processor):
+    return model_chat(row, model_view(processor, "qwen2_5_vl"))
+
+
 def test_fit_turns_counts_tokens_exactly_and_cuts_only_after_assistant_turns(processor):
-    row = prepare_example(make_row(5, "multi", n_steps=3), processor, "qwen2_5_vl")
-    messages, images = row["messages"], row["images"]
+    messages, images, sizes = _chat(make_row(5, "multi", n_steps=3, size=(300, 260)), processor)
     roles = [m["role"] for m in messages]
-    sizes = [im.size for im in images]
-    assert roles == ["system", "user", "assistant", "tool", "assistant", "tool", "assistant", "tool", "assistant"]
+    assert roles == ["system", "user", "assistant", "user", "assistant", "user", "assistant", "user", "assistant"]
     full = _encoded_length(processor, messages, images)
     assert fit_turns(messages, sizes, processor, full) == len(messages)
     assert fit_turns(messages, sizes, processor, None) == len(messages)
@@ -219,7 +163,7 @@ def test_fit_turns_counts_tokens_exactly_and_cuts_only_after_assistant_turns(pro
         exact = _encoded_length(processor, messages[:keep], images[:n_images])
         assert fit_turns(messages, sizes, processor, exact) == keep
         assert fit_turns(messages, sizes, processor, exact - 1) == (keep - 2 if keep > 3 else None)
-    assert image_token_count(processor, *images[1].size) == 16  # 112 x 112 crop: 4 x 4 tokens of 28 px
+    assert image_token_count(processor, *images[1].size) == 256  # a 672 x 672 crop, capped at 256 tokens
 
 
 def test_collator_labels_exactly_the_assistant_tokens(processor):
@@ -243,19 +187,19 @@ def test_collator_labels_exactly_the_assistant_tokens(processor):
         assert [lab != -100 for lab in labels] == expected
         assert all(lab == ids[i] for i, lab in enumerate(labels) if lab != -100)
         trained = tok.decode([t for t, lab in zip(ids, labels, strict=True) if lab != -100])
-        prepared = prepare_example(row, processor, "qwen2_5_vl")
-        assert trained == "".join(t + "<|im_end|>" for t in _texts(prepared, "assistant"))
+        messages = _chat(row, processor)[0]
+        assert trained == "".join(t + "<|im_end|>" for t in _texts(messages, "assistant"))
         masked = tok.decode([t for t, lab in zip(ids, labels, strict=True) if lab == -100])
-        for text in _texts(prepared, "tool") + _texts(prepared, "user") + _texts(prepared, "system"):
+        for text in _texts(messages, "user") + _texts(messages, "system"):
             assert text in masked
         assert not any(lab != -100 and t == processor.image_token_id for t, lab in zip(ids, labels, strict=True))
 
 
 def test_guard_truncates_whole_turns_drops_unfit_rows_and_the_batch_trains(processor, tiny_qwen2_5_vl_dir, caplog):
-    long_row, short_row = make_row(11, "multi", n_steps=3), make_row(12, "single")
-    prepared = prepare_example(long_row, processor, "qwen2_5_vl")
+    long_row, short_row = make_row(11, "multi", n_steps=3, size=(300, 260)), make_row(12, "single")
+    messages, images, _ = _chat(long_row, processor)
     # Room for the first two zoom turns but not the third zoom turn nor the answer.
-    max_length = _encoded_length(processor, prepared["messages"][:5], prepared["images"][:2]) + 3
+    max_length = _encoded_length(processor, messages[:5], images[:2]) + 3
     collator = GroundedCollator(processor, "qwen2_5_vl", max_length=max_length)
     with caplog.at_level(logging.INFO, logger="grounded_rl.data"):
         batch = collator([long_row, short_row])
@@ -285,8 +229,7 @@ def test_guard_truncates_whole_turns_drops_unfit_rows_and_the_batch_trains(proce
         tiny([long_row])
     assert tiny.stats["dropped"] == 1
     mixed = GroundedCollator(processor, "qwen2_5_vl", max_length=max_length)
-    only_short = _encoded_length(processor, prepare_example(short_row, processor, "qwen2_5_vl")["messages"],
-                                 short_row["images"])
+    only_short = _encoded_length(processor, *_chat(short_row, processor)[:2])
     mixed.max_length = only_short
     out = mixed([long_row, short_row])
     assert mixed.stats["dropped"] == 1 and out["input_ids"].shape[0] == 1
@@ -304,13 +247,10 @@ def test_alignment_check_catches_a_missing_image_token(processor):
 
 def test_drop_unfit_filters_rows_before_training(tmp_path, processor):
     rows = [make_row(20, "multi", n_steps=3), make_row(21, "single"), make_row(22, "multi")]
-    write_dataset({"train": rows}, tmp_path / "traces")
-    dataset = load_traces(tmp_path / "traces")
-    single = prepare_example(rows[1], processor, "qwen2_5_vl")
-    budget = _encoded_length(processor, single["messages"], single["images"])
+    dataset = load_traces(write_traces({"train": rows}, tmp_path / "traces"))
+    budget = _encoded_length(processor, *_chat(rows[1], processor)[:2])
     kept, counts = drop_unfit(dataset, processor, "qwen2_5_vl", budget)
-    fits = [fit_turns(prepare_example(r, processor, "qwen2_5_vl")["messages"], [im.size for im in r["images"]],
-                      processor, budget) for r in rows]
+    fits = [fit_turns(*_chat(r, processor)[::2], processor, budget) for r in rows]
     assert counts["rows"] == 3 and counts["dropped"] == sum(f is None for f in fits) >= 1
     assert [r["question_id"] for r in kept] == [r["question_id"] for r, f in zip(rows, fits, strict=True) if f]
     assert drop_unfit(dataset, processor, "qwen2_5_vl", None)[0] is dataset

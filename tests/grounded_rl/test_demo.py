@@ -73,7 +73,7 @@ def test_demo_reads_a_served_model_on_the_norm1000_grid(picture: Path, tmp_path:
 def test_demo_with_the_tiny_model(tiny_qwen2_5_vl_dir: Path, picture: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(app, [
         "demo", "--model", str(tiny_qwen2_5_vl_dir), "--image", str(picture), "--query", "Which colour is the dot?",
-        "--task-kind", "option", "--option", "red", "--option", "blue", "--max-tokens", "12", "--multi-turn",
+        "--task-kind", "option", "--choice", "red", "--choice", "blue", "--max-tokens", "12", "--multi-turn",
         "--out", str(tmp_path / "demo.png"),
     ])
     assert result.exit_code == 0, result.output
@@ -82,7 +82,7 @@ def test_demo_with_the_tiny_model(tiny_qwen2_5_vl_dir: Path, picture: Path, tmp_
 
 
 def test_demo_options_are_checked(picture: Path) -> None:
-    with pytest.raises(ConfigError, match="two --option"):
+    with pytest.raises(ConfigError, match="two --choice"):
         DemoConfig(model="m", image=str(picture), query="q", out="o.png", task_kind="option", options=["red"])
-    with pytest.raises(ConfigError, match="--option is for"):
+    with pytest.raises(ConfigError, match="--choice is for"):
         DemoConfig(model="m", image=str(picture), query="q", out="o.png", task_kind="text", options=["red"])

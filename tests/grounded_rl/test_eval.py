@@ -28,9 +28,9 @@ from grounded_rl.eval import (
     evaluate,
 )
 from tests.trace_forge.fake_servers import FakeOpenAIServer, Request
+from trace_forge.durable import read_records
 from trace_forge.errors import ConfigError
 from trace_forge.grounding import Frame, ImageGeometry, Point, Resize, parse_response
-from trace_forge.search.store import read_records
 from trace_forge.tasks import AnswerKind, Sample, get_task, scoring
 from trace_forge.tasks.prompts import NORM1000_HINT, prompts_for
 
@@ -517,3 +517,44 @@ def test_cli_eval_writes_outputs_and_prints_the_table(tmp_path: Path, frame: Fra
     summary = json.loads((tmp_path / SUMMARY_FILE).read_text())
     assert summary["counts"]["samples"] == 3
     assert sum(r["score"] for r in read_records(tmp_path / SAMPLES_FILE)) == 1.0
+
+
+def test_a_generic_task_is_evaluated_with_its_column_options(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from grounded_rl.cli import app
+    from tests.trace_forge.fixtures_trees import GENERIC_OPTIONS, write_generic_run
+
+    _, sample = write_generic_run(tmp_path / "run", tmp_path / "data")
+    data = tmp_path / "data" / "bench.jsonl"
+    options = [arg for key, column in GENERIC_OPTIONS.items() for arg in ("-o", f"{key}={column}")]
+    with serve(Script([sample]), rule=lambda i, k: True) as server:
+        result = CliRunner().invoke(app, ["eval", "--task", "generic", *options, "--model", "scripted", "--backend",
+                                          "openai", "--base-url", server.base_url, "--data-dir", str(data),
+                                          "--out", str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    summary = json.loads((tmp_path / "eval" / SUMMARY_FILE).read_text())
+    assert summary["metrics"]["avg@1"] == {"overall": 1.0, "mapped": 1.0}  # its category column was mapped
+    assert summary["protocol"]["task_options"] == GENERIC_OPTIONS
+    without = CliRunner().invoke(app, ["eval", "--task", "generic", "--model", "m", "--backend", "openai",
+                                       "--data-dir", str(data), "--out", str(tmp_path / "other")])
+    assert isinstance(without.exception, ConfigError) and "column(s) not found" in str(without.exception)
+
+
+def test_sat2_circular_protocol_reports_sats_accuracy_and_the_strict_share(tmp_path: Path) -> None:
+    samples = list(get_task("sat2", circular=True).load(data_dir=DATA["sat2"][0], split="val"))
+    questions = {s.meta["circular_group"] for s in samples}
+    assert len(samples) > len(questions) >= 2
+    # Right in every rotation of the first question, right in one rotation only of the others.
+    first = sorted(questions)[0]
+    rotation = {s.id: s.meta["rotation"] for s in samples}
+    group = {s.id: s.meta["circular_group"] for s in samples}
+    order = [s.id for s in samples]
+    cfg = config("sat2", task_options={"circular": True})
+    with serve(Script(samples), rule=lambda i, k: group[order[i]] == first or rotation[order[i]] == 0) as server:
+        summary = run(cfg, server, tmp_path)
+    metrics = summary["metrics"]["avg@1"]
+    items = [group[q] == first or rotation[q] == 0 for q in order]
+    assert metrics["overall"] == pytest.approx(sum(items) / len(items))  # SAT's circular accuracy: rotations as items
+    assert metrics["all_rotations"] == pytest.approx(1 / len(questions))
+    assert metrics["questions"] == len(questions)

@@ -18,9 +18,9 @@ from PIL import Image, ImageDraw
 
 from grounded_rl.env import ZoomEnvironment, ZoomRefused, ZoomSession
 from grounded_rl.grpo import GroundedGRPOConfig, build_trainer, load_prompts, run_grpo
-from grounded_rl.rewards import RAW_TEXT
+from grounded_rl.rewards import RAW_TEXT, accuracy_reward
 from trace_forge.errors import ConfigError
-from trace_forge.grounding import Frame, Resize, render_answer_turn, render_zoom_turn
+from trace_forge.grounding import Frame, Resize, View, render_answer_turn, render_zoom_turn
 from trace_forge.tasks import get_task
 
 TASK_OPTIONS = {"image": "image", "question": "question", "boxes": "boxes", "answer_kind": "point"}
@@ -239,10 +239,10 @@ def test_tool_tokens_and_over_turn_rollouts_are_masked(multi_run: dict) -> None:
 def test_refused_zooms_reply_with_the_words_evaluation_sends() -> None:
     """A refusal is the tool's normal text reply (TRL would wrap an exception as "{'error': ...}")."""
     image = Image.new("RGB", (800, 600))
-    env = ZoomEnvironment(Resize(max_pixels=448 * 448), Frame.MODEL, max_images=2)
+    view = View(Frame.MODEL, Resize(max_pixels=448 * 448))
+    env = ZoomEnvironment(view, max_images=2)
     env.reset(image=image, task="vstar")
-    session = ZoomSession(image, Frame.MODEL, Resize(max_pixels=448 * 448), get_task("vstar").zoom,
-                          env.session.prompts, max_images=2)
+    session = ZoomSession(image, view, get_task("vstar").zoom, env.session.prompts, max_images=2)
 
     def refusal(point: object) -> str:
         with pytest.raises(ZoomRefused) as refused:
@@ -270,30 +270,6 @@ def test_no_prompt_left_after_filtering_is_an_error(tiny_qwen2_5_vl_dir: Path, s
         build_trainer(config(tiny_qwen2_5_vl_dir, squares, tmp_path, max_prompt_length=8))
 
 
-def write_traces(path: Path, samples: list, answers: list[str]) -> None:
-    """A trace dataset with two chains per question of ``samples``, the teacher having answered ``answers``."""
-    from trace_forge.dataset import FEATURES, write_dataset
-    from trace_forge.tasks.prompts import prompts_for
-
-    rows = []
-    for sample, answer in zip(samples, answers, strict=True):
-        prompts = prompts_for(sample.answer_kind)
-        text = [{"type": "text", "text": prompts.question_text(sample)}]
-        messages = [
-            {"role": "system", "content": [{"type": "text", "text": prompts.student_system(False)}]},
-            {"role": "user", "content": [{"type": "image", "text": None}, *text]},
-            {"role": "assistant", "content": [{"type": "text", "text": "<think> (1, 2) </think><answer> x </answer>"}]},
-        ]
-        canvas = sample.canvas()
-        row = {name: None for name in FEATURES} | {
-            "messages": messages, "images": [canvas], "question_id": sample.id, "task": "vstar", "steps": [],
-            "answer": answer, "image_size": list(canvas.size), "node_values": [], "category": sample.category,
-            "target_boxes": [b.to_list() for b in sample.target_boxes],
-        }
-        rows += [row, row]  # two chains of one question -> one prompt
-    write_dataset({"train": rows}, path)
-
-
 def trace_prompts(model: Path, traces: Path):
     from transformers import AutoProcessor
 
@@ -304,22 +280,51 @@ def trace_prompts(model: Path, traces: Path):
     return load_prompts(cfg, processor, Family.QWEN2_5_VL)
 
 
-def test_prompts_from_a_trace_dataset_recover_the_ground_truth(tiny_qwen2_5_vl_dir: Path, tmp_path: Path) -> None:
-    """``--data``: one prompt per question of a trace dataset, options read back from the rendered question."""
+def test_prompts_from_a_trace_dataset_carry_its_questions(tiny_qwen2_5_vl_dir: Path, tmp_path: Path) -> None:
+    """``--data``: one prompt per question of a dataset made by search + linearize, its facts read from the rows'
+    columns (question, options, ground truth, task spec), never from the rendered text."""
+    from tests.trace_forge.fixtures_trees import example_tree, make_record, write_run
+    from trace_forge.dataset import linearize_run
+
     samples = list(get_task("vstar").load(REPO / "data" / "samples" / "vstar", limit=2))
-    write_traces(tmp_path / "traces", samples, [s.answer for s in samples])
+    run = write_run(tmp_path / "run", [make_record(example_tree(), s) for s in samples])
+    linearize_run(run, tmp_path / "traces", "single", val_fraction=0)
     prompts = trace_prompts(tiny_qwen2_5_vl_dir, tmp_path / "traces")
     assert prompts["question_id"] == [s.id for s in samples]
     assert prompts["options"] == [s.options for s in samples] and prompts["answer"] == [s.answer for s in samples]
     assert [list(img.size) for img in prompts["image"]] == [list(s.canvas().size) for s in samples]
+    assert prompts["task"] == ["vstar", "vstar"] and prompts["task_options"] == ["{}", "{}"]
 
 
-def test_traced_option_letters_become_the_option_text(tiny_qwen2_5_vl_dir: Path, tmp_path: Path) -> None:
-    """The teacher's accepted answer may be a letter or "(B) text": the verifier needs the option's text."""
-    samples = list(get_task("vstar").load(REPO / "data" / "samples" / "vstar", limit=3))
-    letter = [chr(ord("A") + s.options.index(s.answer)) for s in samples]
-    answers = [letter[0], f"({letter[1]}) {samples[1].answer}", "a purple elephant"]  # the last selects nothing
-    write_traces(tmp_path / "traces", samples, answers)
+def test_a_generic_task_keeps_its_options_through_prompts_rewards_and_the_zoom_tool(
+    tiny_qwen2_5_vl_dir: Path, tmp_path: Path
+) -> None:
+    from tests.trace_forge.fixtures_trees import GENERIC_OPTIONS, write_generic_run
+    from trace_forge.dataset import linearize_run
+
+    run, sample = write_generic_run(tmp_path / "run", tmp_path / "data")
+    linearize_run(run, tmp_path / "traces", "single", val_fraction=0)
     prompts = trace_prompts(tiny_qwen2_5_vl_dir, tmp_path / "traces")
-    assert prompts["question_id"] == [s.id for s in samples[:2]]  # the unresolved question is dropped
-    assert prompts["answer"] == [s.answer for s in samples[:2]]
+    assert prompts["task_options"] == [json.dumps(GENERIC_OPTIONS, sort_keys=True)]
+    columns = {name: list(prompts[name]) for name in prompts.column_names if name not in ("prompt", "image")}
+    right, wrong = f"<answer> {sample.answer} </answer>", "<answer> purple </answer>"
+    assert accuracy_reward([right, wrong], **{k: v * 2 for k, v in columns.items()}) == [1.0, 0.0]
+    env = ZoomEnvironment(View(Frame.MODEL, Resize()))
+    env.reset(image=prompts[0]["image"], **{k: v[0] for k, v in columns.items()})
+    assert env.zoom([10, 10])[0]["image"].size == (672, 672)
+
+
+def test_a_change_of_trls_private_generate_fails_loudly(monkeypatch) -> None:
+    """GroundedGRPOTrainer extends GRPOTrainer._generate (private): its shape is checked, by this test on the pinned
+    TRL and at run time on any other."""
+    import inspect
+
+    from trl import GRPOTrainer
+
+    from grounded_rl.grpo import GroundedGRPOTrainer
+
+    assert list(inspect.signature(GRPOTrainer._generate).parameters) == ["self", "prompts"]
+    monkeypatch.setattr(GRPOTrainer, "_generate", lambda self, prompts: ([[1]], [[2]], None, [[]], None, {}, None))
+    trainer = object.__new__(GroundedGRPOTrainer)
+    with pytest.raises(RuntimeError, match=r"GRPOTrainer._generate returned a 7-tuple, not \(prompt_ids, "):
+        trainer._generate([])

@@ -75,7 +75,7 @@ def test_resize_of_tiny_processors(processors):
 def test_resize_of_legacy_attributes_and_errors():
     legacy = SimpleNamespace(size=None, min_pixels=3136, max_pixels=1_003_520, patch_size=14, merge_size=2)
     assert Resize.of_processor(legacy) == Resize(3136, 1_003_520, 28)
-    with pytest.raises(ValueError, match="does not look like a Qwen-VL image processor"):
+    with pytest.raises(ValueError, match="a Qwen-VL-style processor is needed"):
         Resize.of_processor(SimpleNamespace(size={"height": 224, "width": 224}, patch_size=14))
 
 

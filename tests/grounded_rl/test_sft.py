@@ -16,19 +16,19 @@ from grounded_rl.cli import app
 from grounded_rl.data import GroundedCollator
 from grounded_rl.sft import RUN_RECORD, SFTArgs, train
 from grounded_rl.templates import chat_template
-from tests.grounded_rl.test_data import make_row
-from trace_forge.dataset import write_dataset
+from tests.grounded_rl.test_data import make_row, write_traces
 from trace_forge.errors import ConfigError
+from trace_forge.grounding import View
 
 
 @pytest.fixture(scope="module")
-def traces(tmp_path_factory):
-    """Four grounded chains (two multi-turn with crops, two single-turn) and a one-row validation split."""
-    out = tmp_path_factory.mktemp("traces")
+def traces(tmp_path_factory, tiny_qwen2_5_vl_dir):
+    """Four grounded chains (two multi-turn with crops, two single-turn) and a one-row validation split, written
+    for the tiny model's processor, so its short system prompt is trained as stored."""
+    view = View.of_checkpoint(tiny_qwen2_5_vl_dir)
     modes = ["multi", "single", "multi", "single", "multi"]
-    rows = [make_row(i, mode, system="Answer with grounded steps.") for i, mode in enumerate(modes)]
-    write_dataset({"train": rows[:4], "validation": rows[4:]}, out)
-    return out
+    rows = [make_row(i, mode, view=view, system="Answer with grounded steps.") for i, mode in enumerate(modes)]
+    return write_traces({"train": rows[:4], "validation": rows[4:]}, tmp_path_factory.mktemp("traces") / "ds")
 
 
 def _losses(trainer) -> list[float]:

@@ -174,3 +174,71 @@ def test_score_text_rejects_empty_reference():
 
 def test_doctests():
     assert doctest.testmod(scoring).failed == 0
+
+
+# --- the one scoring function: score_answer --------------------------------------------------------------------
+
+
+def _point_sample(box):
+    from trace_forge.tasks import AnswerKind, Sample
+
+    return Sample("q", "screenspot-pro", [], "Click it", AnswerKind.POINT, target_boxes=[box])
+
+
+def test_points_are_mapped_to_pixels_as_the_official_scripts_map_them():
+    from trace_forge.grounding import Box, Frame, ImageGeometry
+    from trace_forge.tasks import get_task, score_answer
+
+    task = get_task("screenspot-pro")
+    screen = ImageGeometry(3840, 2160, 1316, 740)
+    # 0-1000 grid: x = 500 is 500 / 1000 * 3840 = 1920.0 officially; the cell-centre mapping gives 1921.42.
+    edge = _point_sample(Box(1900, 1000, 1920, 1100))
+    assert screen.convert(500, 500, Frame.NORM1000, Frame.PIXEL)[0] > 1921
+    assert score_answer(task, edge, "(500, 500)", screen, Frame.NORM1000).score == 1.0
+    # Resized pixels: x = 658 is 658 * 3840 / 1316 = 1920.0 (cell centre: 1921.0).
+    assert score_answer(task, edge, "(658, 370)", screen, Frame.MODEL).score == 1.0
+    assert score_answer(task, edge, "(659, 370)", screen, Frame.MODEL).score == 0.0
+    # Two numbers in any wrapping, or four (a box: its centre), as the official reader takes them.
+    assert score_answer(task, edge, "[1900, 1000, 1920, 1100]", screen, Frame.PIXEL).score == 1.0
+
+
+def test_verdicts_name_what_kept_an_answer_from_scoring():
+    from trace_forge.grounding import Box, Frame, ImageGeometry
+    from trace_forge.tasks import AnswerKind, Sample, get_task, score_answer
+
+    g = ImageGeometry(100, 100, 100, 100)
+    point = _point_sample(Box(10, 10, 20, 20))
+    task = get_task("screenspot-pro")
+    assert score_answer(task, point, None, g, Frame.PIXEL).problems == ("no_answer",)
+    assert score_answer(task, point, "  ", g, Frame.PIXEL).problems == ("no_answer",)
+    assert score_answer(task, point, "the icon", g, Frame.PIXEL).problems == ("no_point",)
+    assert score_answer(task, point, "(150, 15)", g, Frame.PIXEL).problems == ("point_outside_image",)
+    right = score_answer(task, point, "(15, 15)", g, Frame.PIXEL)
+    assert (right.score, right.problems) == (1.0, ())
+    option = Sample("q", "vstar", [], "Colour?", AnswerKind.OPTION, ["red", "blue"], "blue")
+    verdict = score_answer(get_task("vstar"), option, "purple", g, Frame.PIXEL)
+    assert (verdict.score, verdict.problems) == (0.0, ("no_option",))
+    assert score_answer(get_task("vstar"), option, "B", g, Frame.PIXEL).score == 1.0
+
+
+@pytest.mark.parametrize(
+    ("answer", "chosen"),
+    [
+        ("B", 1),
+        ("(B)", 1),
+        ("The correct choice is (B) because the shadow falls left.", 1),  # the one "(X)" token in prose
+        ("(A) is wrong.\n\nSo the answer is (B)", 1),  # two tokens: the last paragraph's one wins
+        ("(A) or (B) hard to say", None),  # ambiguous: the official script would ask its judge; we refuse
+        ("(A) or (B), hard to say", 0),  # "(B)," is no token: the one token "(A)" is read, as officially
+        ("point B", 1),  # no token: matched to an option's text without a judge
+        ("(B).", 1),  # no "(B)" token: where the official script asks its judge, the judge-free reading accepts it
+        ("E", None),  # a letter past the choices
+    ],
+)
+def test_blink_reads_answers_as_its_official_script(answer, chosen):
+    from trace_forge.tasks import AnswerKind, Sample, get_task
+
+    sample = Sample("q", "blink", [], "Which point is closer?", AnswerKind.OPTION, ["point A", "point B"], "point B")
+    blink = get_task("blink")
+    assert blink.choose(sample, answer) == chosen
+    assert blink.score(sample, answer) == float(chosen == 1)

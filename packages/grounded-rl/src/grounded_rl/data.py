@@ -4,10 +4,10 @@ alignment guard.
 A trace-forge dataset (:mod:`trace_forge.dataset`) stores each row with the frame of its points. Before a model
 sees a row:
 
-1. :func:`model_row` decodes it (:class:`~trace_forge.dataset.TraceRow`) and, when its frame or resize is not the
-   model's, re-renders it for the model from its structured steps (:meth:`~trace_forge.dataset.TraceRow.in_view`:
-   points converted with the processor's exact resize, the system prompt worded for the frame, crops cut where the
-   model's zoom tool would cut them). A dataset linearized for this model's processor passes unchanged.
+1. :func:`model_chat` takes a row's chat as stored when it is written in the model's frame and resize (a dataset
+   linearized for this model: exactly what plain TRL trains on), and otherwise re-renders it for the model from
+   its structured steps (:meth:`~trace_forge.dataset.TraceRow.in_view`: points converted with the processor's
+   exact resize, the system prompt worded for the frame, crops cut where the model's zoom tool would cut them).
 2. :func:`fit_turns` keeps a chat within ``max_length`` by dropping *whole* trailing turns (an assistant turn with
    the crop turn that follows it), never cutting through an image. :func:`drop_unfit` applies it to a whole
    dataset before training, so no batch can end up empty.
@@ -43,7 +43,7 @@ __all__ = [
     "drop_unfit",
     "fit_turns",
     "image_token_count",
-    "model_row",
+    "model_chat",
     "model_view",
     "set_max_pixels",
 ]
@@ -71,19 +71,20 @@ def model_view(processor: ProcessorMixin | Any, family: Family | str) -> View:
     return View(Family(family).frame, Resize.of_processor(processor))
 
 
-def model_row(row: Mapping[str, Any], view: View, *, crops: bool = True) -> TraceRow:
-    """A stored row as the model of ``view`` reads it (see the module docstring); ``crops=False`` re-renders the
-    text only, leaving None for crops that would need cutting (for measuring lengths).
+def model_chat(
+    row: Mapping[str, Any], view: View, *, crops: bool = True
+) -> tuple[list[dict[str, Any]], list[Any], list[tuple[int, int]]]:
+    """A stored row's chat as the model of ``view`` reads it: ``(messages, images, image sizes)``.
 
-    Example:
-        >>> from trace_forge.grounding import Frame
-        >>> model_row.__name__, View(Frame.NORM1000).frame.value
-        ('model_row', 'norm1000')
+    A row written in ``view`` is used as stored; any other is re-rendered from its structure (see the module
+    docstring). With ``crops=False`` no crop is cut (None stands in for each re-cut one): for measuring lengths,
+    the sizes are exact without them.
     """
     trace = TraceRow.from_row(row)
-    if trace.view == view:
-        return trace
-    return trace.in_view(view) if crops else trace.in_view(view, cut=None)
+    if trace.view != view:
+        trace = trace.in_view(view) if crops else trace.in_view(view, cut=None)
+        return trace.messages(), list(trace.images), trace.image_sizes()
+    return list(row["messages"]), list(row["images"]), trace.image_sizes()
 
 
 def _count_images(messages: Sequence[Mapping[str, Any]]) -> int:
@@ -186,9 +187,8 @@ def drop_unfit(
     raw = dataset.cast_column("images", List(ImageFeature(decode=False)))
     keep = []
     for i, row in enumerate(raw):
-        trace = model_row(row, view, crops=False)
-        messages = trace.messages()
-        kept = fit_turns(messages, trace.image_sizes(), processor, max_length)
+        messages, _, sizes = model_chat(row, view, crops=False)
+        kept = fit_turns(messages, sizes, processor, max_length)
         if kept is None:
             counts["dropped"] += 1
             logger.warning("row %d (%s) cannot fit max_length=%d even with one assistant turn: dropped",
@@ -209,7 +209,7 @@ def drop_unfit(
 class GroundedCollator:
     """Turn trace rows into a padded training batch with assistant-only labels, guarding image-token alignment.
 
-    Per row: :func:`model_row` (the model's frame), :func:`fit_turns` (drop whole trailing turns over
+    Per row: :func:`model_chat` (the model's frame), :func:`fit_turns` (drop whole trailing turns over
     ``max_length``; a row that cannot fit is dropped), images attached to their parts by TRL's
     ``prepare_multimodal_messages`` (as stock ``SFTTrainer`` does). The batch is rendered by
     the processor with our chat template; ``labels`` are ``-100`` except on assistant tokens (the template's
@@ -238,10 +238,9 @@ class GroundedCollator:
         view = model_view(self.processor, self.family)
         chats, kept_ids = [], []
         for row in rows:
-            trace = model_row(row, view)
-            messages, images = trace.messages(), list(trace.images)
+            messages, images, sizes = model_chat(row, view)
             self.stats["samples"] += 1
-            keep = fit_turns(messages, [im.size for im in images], self.processor, self.max_length)
+            keep = fit_turns(messages, sizes, self.processor, self.max_length)
             if keep is None:
                 self.stats["dropped"] += 1
                 logger.warning("%s: too long for max_length=%s even with one assistant turn: dropped from the "

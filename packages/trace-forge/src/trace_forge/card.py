@@ -18,6 +18,7 @@ from typing import Any
 from trace_forge import __version__
 from trace_forge.search.records import RunRecord
 from trace_forge.stats import run_stats
+from trace_forge.tasks.prompts import PROMPT_VERSION
 
 __all__ = ["DATA_DIR", "PROVENANCE", "CARD", "Provenance", "DataCounts", "render_card", "teacher_label"]
 
@@ -51,12 +52,12 @@ class Provenance:
 
     task: dict[str, Any]
     teacher: dict[str, Any]
-    prompt_version: str
-    search: dict[str, Any]
-    run: dict[str, Any]
-    versions: dict[str, Any]
-    yield_by_category: dict[str, dict[str, int]]
-    view: dict[str, Any]
+    prompt_version: str = PROMPT_VERSION
+    search: dict[str, Any] = field(default_factory=dict)
+    run: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, Any] = field(default_factory=dict)
+    yield_by_category: dict[str, dict[str, int]] = field(default_factory=dict)
+    view: dict[str, Any] = field(default_factory=lambda: {"frame": "pixel", "resize": None})
     license: str | None = None
 
     @property

@@ -90,7 +90,7 @@ def eval_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from grounded_rl.eval import evaluate
-    from trace_forge.cli.tasks import parse_task_options
+    from trace_forge.tasks import parse_task_options
 
     config = EvalConfig(
         task=task, model=model, data_dir=data_dir, task_options=parse_task_options(option or []), split=split, limit=limit, multi_turn=multi_turn, samples=samples,

@@ -81,7 +81,7 @@ def grpo(
     if vllm_mode not in (None, "colocate", "server"):
         raise ConfigError(f"--vllm-mode must be colocate or server, got {vllm_mode!r}")
     # Flags left unset (None, or a switch not given) keep the config file's value.
-    from trace_forge.cli.tasks import parse_task_options
+    from trace_forge.tasks import parse_task_options
 
     flags = dict(model=model, task=task, data_dir=data_dir, data=data, split=split, multi_turn=multi_turn or None,
                  max_pixels=max_pixels, num_generations=num_generations, max_steps=max_steps,

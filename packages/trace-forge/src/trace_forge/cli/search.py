@@ -129,11 +129,10 @@ def search(
     linearized into a Hugging Face dataset under OUT/dataset-single (see `trace-forge linearize` for multi-turn).
     """
     from trace_forge import __version__
-    from trace_forge.cli.tasks import parse_task_options
     from trace_forge.grounding import Resize
     from trace_forge.search.records import RunRecord
     from trace_forge.search.store import RunStore
-    from trace_forge.tasks import TaskSpec
+    from trace_forge.tasks import TaskSpec, parse_task_options
     from trace_forge.tasks.prompts import PROMPT_VERSION
     from trace_forge.teachers import build_client
 

@@ -9,17 +9,15 @@ Examples:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from trace_forge.cli._app import app
-from trace_forge.errors import ConfigError
-from trace_forge.tasks import Sample, TaskSpec, get_task, task_names
+from trace_forge.tasks import Sample, TaskSpec, get_task, parse_task_options, task_names
 
 tasks_app = typer.Typer(help="Benchmark tasks: list them and preview their samples.", no_args_is_help=True)
 app.add_typer(tasks_app, name="tasks")
@@ -74,20 +72,6 @@ def show(
     out.print(table)
     skipped = ", ".join(f"{reason}: {n}" for reason, n in sorted(task.skipped.items())) or "none"
     out.print(f"{len(samples)} sample(s) shown (limit {limit}); skipped: {skipped}", highlight=False)
-
-
-def parse_task_options(pairs: list[str]) -> dict[str, Any]:
-    """``-o KEY=VALUE`` flags as task options; VALUE is read as JSON when it parses, else kept as text."""
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"task option {pair!r} is not KEY=VALUE")
-        try:
-            options[key] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key] = value
-    return options
 
 
 def _answer_cell(sample: Sample) -> str:

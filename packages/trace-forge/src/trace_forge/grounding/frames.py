@@ -260,8 +260,9 @@ class View:
 
     @classmethod
     def of_checkpoint(cls, path: str | Path) -> View:
-        """The view of a local checkpoint, from its ``config.json`` (``model_type``) and
-        ``preprocessor_config.json`` (resize bounds), without loading transformers.
+        """The view of a local checkpoint, from its ``config.json`` (``model_type``) and its image processor's
+        settings (``preprocessor_config.json``, or the ``image_processor`` of the ``processor_config.json`` that
+        transformers 5 writes), without loading transformers.
 
         Raises:
             ValueError: a file is missing or unreadable, or the model type is not a supported family.
@@ -269,9 +270,13 @@ class View:
         root = Path(path)
         try:
             model_type = json.loads((root / "config.json").read_text(encoding="utf-8")).get("model_type")
-            processor = json.loads((root / "preprocessor_config.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{root}: not a checkpoint with config.json and preprocessor_config.json ({e})") from e
+            if (root / "preprocessor_config.json").is_file():
+                processor = json.loads((root / "preprocessor_config.json").read_text(encoding="utf-8"))
+            else:
+                processor = json.loads((root / "processor_config.json").read_text(encoding="utf-8"))["image_processor"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{root}: not a checkpoint with config.json and an image processor config "
+                             f"({type(e).__name__}: {e})") from e
         if model_type not in MODEL_TYPE_FRAMES:
             raise ValueError(
                 f"{root}: model_type {model_type!r} is not a supported family ({', '.join(MODEL_TYPE_FRAMES)})"

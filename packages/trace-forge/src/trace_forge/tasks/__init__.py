@@ -16,8 +16,18 @@ from trace_forge.tasks import (  # noqa: F401  (registers the tasks)
     visualprobe,
     vstar,
 )
-from trace_forge.tasks.base import Task, TaskSpec, get_task, task_names
+from trace_forge.tasks.base import Task, TaskSpec, get_task, parse_task_options, task_names
 from trace_forge.tasks.sample import AnswerKind, Sample
 from trace_forge.tasks.scoring import Verdict, score_answer
 
-__all__ = ["AnswerKind", "Sample", "Task", "TaskSpec", "Verdict", "get_task", "score_answer", "task_names"]
+__all__ = [
+    "AnswerKind",
+    "Sample",
+    "Task",
+    "TaskSpec",
+    "Verdict",
+    "get_task",
+    "parse_task_options",
+    "score_answer",
+    "task_names",
+]

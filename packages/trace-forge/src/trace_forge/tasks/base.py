@@ -21,7 +21,7 @@ from trace_forge.grounding.zoom import VISUAL_SEARCH_ZOOM, ZoomSpec
 from trace_forge.tasks import scoring
 from trace_forge.tasks.sample import AnswerKind, Sample
 
-__all__ = ["Task", "TaskSpec", "register", "get_task", "task_names"]
+__all__ = ["Task", "TaskSpec", "register", "get_task", "parse_task_options", "task_names"]
 
 _REGISTRY: dict[str, type[Task]] = {}
 
@@ -160,3 +160,22 @@ def get_task(name: str, **options: Any) -> Task:
         return cls(**options)
     except TypeError as e:  # an option the task's constructor does not take
         raise ConfigError(f"bad option for task {name!r}: {e}") from None
+
+
+def parse_task_options(pairs: list[str]) -> dict[str, Any]:
+    """``-o KEY=VALUE`` flags as task options; VALUE is read as JSON when it parses, else kept as text.
+
+    Example:
+        >>> parse_task_options(["circular=true", "image=img"])
+        {'circular': True, 'image': 'img'}
+    """
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"task option {pair!r} is not KEY=VALUE")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
