@@ -137,3 +137,26 @@ def test_a_new_run_starts_with_one_session(tmp_path):
 def test_recording_usage_without_a_session_names_run_json(tmp_path):
     with pytest.raises(DataError, match="run.json"):
         RunStore(tmp_path).record_usage({"requests": 1})
+
+
+def test_an_output_folder_has_one_writer_and_a_dead_ones_lock_is_taken_over(tmp_path):
+    import subprocess
+    import sys
+
+    from trace_forge.durable import OutputLock
+    from trace_forge.errors import ConfigError
+
+    out = tmp_path / "run"
+    hold = "import sys, time\nfrom trace_forge.durable import OutputLock\nwith OutputLock(sys.argv[1], 'search'):\n" \
+           "    print('held', flush=True)\n    time.sleep(60)\n"
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ConfigError, match=rf"{out} is in use by another process \(pid {holder.pid} search\)"):
+            with OutputLock(out, "search"):
+                pass
+    finally:
+        holder.kill()  # kill -9: no cleanup runs
+        holder.wait()
+    with OutputLock(out, "search"):  # the dead holder's lock is gone with it
+        assert not out.exists()  # the claim creates nothing inside the folder

@@ -50,7 +50,7 @@ from datasets import Features, Image, List, Value
 from PIL import Image as PILImage
 
 from trace_forge.card import CARD, DATA_DIR, PROVENANCE, DataCounts, Provenance, render_card, teacher_label
-from trace_forge.durable import write_atomic, write_json
+from trace_forge.durable import OutputLock, check_version, write_atomic, write_json
 from trace_forge.errors import ConfigError, DataError
 from trace_forge.grounding import TOOL_RESPONSE, Box, Frame, ImageGeometry, Point, Resize, Step, View, zoom_on
 from trace_forge.grounding.zoom import ZoomSpec
@@ -333,13 +333,8 @@ class TraceRow:
 
 
 def _check_row_schema(row: Mapping[str, Any], where: object) -> None:
-    version = row.get("schema_version", 1)
-    if version != ROW_SCHEMA_VERSION:
-        raise DataError(
-            f"dataset rows have schema version {version}; this trace-forge reads version {ROW_SCHEMA_VERSION} "
-            "(re-run `trace-forge linearize` on the search run to rewrite the dataset)",
-            path=where,
-        )
+    check_version(row, ROW_SCHEMA_VERSION, what="dataset rows", path=where,
+                  remedy="re-run `trace-forge linearize` on the search run to rewrite the dataset")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -601,7 +596,7 @@ def linearize_run(
     Raises:
         DataError: no ``run.json``, no finished question, no chain at all, or a question whose images are
             missing or changed (named by its ``trees.jsonl`` line).
-        ConfigError: ``out_dir`` exists and ``overwrite`` is false.
+        ConfigError: ``out_dir`` exists and ``overwrite`` is false, or another process writes it.
     """
     from trace_forge.search.store import TREES
 
@@ -630,8 +625,9 @@ def linearize_run(
             yield ("validation" if (record.question.task.name, record.id) in validation else "train"), rows
 
     provenance = Provenance.of_run(run_dir, run, view.to_dict())
-    return write_rows(questions(), out_dir, mode=mode, provenance=provenance,
-                      license_note=run.task.build().license_note, overwrite=overwrite)
+    with OutputLock(out_dir, "linearize"):
+        return write_rows(questions(), out_dir, mode=mode, provenance=provenance,
+                          license_note=run.task.build().license_note, overwrite=overwrite)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Files that survive a kill at any moment: append-only JSON lines, and whole files replaced atomically.
+"""Files that survive a kill at any moment: append-only JSON lines, whole files replaced atomically, and one writer
+per output folder.
 
 Every stage writes through these: the search's ``trees.jsonl``, evaluation's ``samples.jsonl``, and each
 ``run.json``, summary and dataset card.
@@ -8,10 +9,12 @@ Every stage writes through these: the search's ``trees.jsonl``, evaluation's ``s
   cuts off, so the next append starts on a clean line.
 - :func:`write_atomic` writes a temporary sibling, fsyncs it and renames it over the target: a reader sees the old
   file or the new one, never half of one; a failed write removes its temporary file.
+- :class:`OutputLock` claims an output folder for one process: a second one is refused at once.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -20,9 +23,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from trace_forge.errors import DataError
+from trace_forge.errors import ConfigError, DataError
 
-__all__ = ["append_record", "read_records", "write_atomic", "write_json"]
+__all__ = ["OutputLock", "append_record", "check_version", "read_records", "write_atomic", "write_json"]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,23 @@ def read_records(path: Path, *, repair: bool = False) -> Iterator[dict[str, Any]
             os.fsync(f.fileno())
 
 
+def check_version(
+    data: Any, version: int, *, what: str, remedy: str, path: object = None, line: int | None = None
+) -> None:
+    """Raise :class:`DataError` unless ``data["schema_version"]`` is ``version`` (a record without one is version 1),
+    naming both versions and what to do.
+
+    Example:
+        >>> check_version({"schema_version": 2}, 2, what="run.json", remedy="search again")
+    """
+    found = data.get("schema_version", 1)
+    if found != version:
+        from trace_forge import __version__
+
+        raise DataError(f"{what} has schema version {found}; trace-forge {__version__} reads version {version} "
+                        f"({remedy})", path=path, line=line)
+
+
 def write_atomic(path: Path, data: str | bytes) -> None:
     """Replace ``path`` with ``data`` atomically (temporary sibling, fsync, rename); text is written as UTF-8.
 
@@ -98,3 +118,42 @@ def write_atomic(path: Path, data: str | bytes) -> None:
 def write_json(path: Path, value: Any) -> None:
     """:func:`write_atomic` of ``value`` as indented JSON with sorted keys (equal values, equal bytes)."""
     write_atomic(path, json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+class OutputLock:
+    """An exclusive claim on an output folder while a command writes it: ``with OutputLock(out, "search"): ...``.
+
+    The lock is an advisory ``flock`` on a sibling file ``.{name}.lock``, so it also covers a folder that is built
+    elsewhere and renamed into place, and it creates nothing inside the folder. A second process is refused at
+    once (one line naming the folder and the holder's pid); the kernel drops the lock of a process that dies, so a
+    lock left by a killed run is simply taken over.
+
+    Raises:
+        ConfigError: another process holds the folder.
+    """
+
+    def __init__(self, folder: str | Path, command: str) -> None:
+        self.folder = Path(folder)
+        self.command = command
+        self.path = self.folder.with_name(f".{self.folder.name}.lock")
+        self._fd: int | None = None
+
+    def __enter__(self) -> OutputLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise ConfigError(f"{self.folder} is in use by another process (pid {holder}); wait for it to finish, "
+                              "or choose another output folder") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {self.command}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the lock; the file stays (unlinking it would race a new holder)
+            self._fd = None

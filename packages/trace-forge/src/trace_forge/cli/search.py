@@ -129,6 +129,7 @@ def search(
     linearized into a Hugging Face dataset under OUT/dataset-single (see `trace-forge linearize` for multi-turn).
     """
     from trace_forge import __version__
+    from trace_forge.durable import OutputLock
     from trace_forge.grounding import Resize
     from trace_forge.search.records import RunRecord
     from trace_forge.search.store import RunStore
@@ -137,85 +138,86 @@ def search(
     from trace_forge.teachers import build_client
 
     shard_in = _parse_shard(shard)
-    config = SearchConfig(
-        simulations=simulations, c=c, children=children, rollouts=rollouts, max_depth=max_depth,
-        rollout_max_steps=rollout_max_steps, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
-        seed=seed, max_calls=max_calls, max_question_tokens=max_question_tokens,
-        stop_after_correct=stop_after_correct,
-    )
-    model = model or ("sim" if teacher == "sim" else None)
-    if model is None:
-        raise ConfigError(f"--model is required for teacher {teacher!r}")
-    store = RunStore(out)
-    previous = store.read_run()
-    if resume and previous is None:
-        raise ConfigError(f"--resume: {out} holds no run (no {store.run_path.name}); drop --resume to start one")
-    if not resume and (previous is not None or store.trees_path.exists()):
-        raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    spec = TaskSpec(task, parse_task_options(option or []))
-    task_obj = spec.build()
-    samples = list(task_obj.load(data_dir, split=split, limit=limit))
-    if shard_in is not None:
-        samples = [s for i, s in enumerate(samples) if i % shard_in[1] == shard_in[0]]
-    if not samples:
-        where = str(data_dir) if data_dir is not None else f"the Hub dataset {task_obj.hub_id}"
-        raise ConfigError(f"no questions to search in {where} (task {task}, split "
-                          f"{split or task_obj.default_split}" + (f", shard {shard}" if shard else "") + ")")
+    with OutputLock(out, "search"):  # one search per run folder: a second would pay twice and mix records
+        config = SearchConfig(
+            simulations=simulations, c=c, children=children, rollouts=rollouts, max_depth=max_depth,
+            rollout_max_steps=rollout_max_steps, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+            seed=seed, max_calls=max_calls, max_question_tokens=max_question_tokens,
+            stop_after_correct=stop_after_correct,
+        )
+        model = model or ("sim" if teacher == "sim" else None)
+        if model is None:
+            raise ConfigError(f"--model is required for teacher {teacher!r}")
+        store = RunStore(out)
+        previous = store.read_run()
+        if resume and previous is None:
+            raise ConfigError(f"--resume: {out} holds no run (no {store.run_path.name}); drop --resume to start one")
+        if not resume and (previous is not None or store.trees_path.exists()):
+            raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        spec = TaskSpec(task, parse_task_options(option or []))
+        task_obj = spec.build()
+        samples = list(task_obj.load(data_dir, split=split, limit=limit))
+        if shard_in is not None:
+            samples = [s for i, s in enumerate(samples) if i % shard_in[1] == shard_in[0]]
+        if not samples:
+            where = str(data_dir) if data_dir is not None else f"the Hub dataset {task_obj.hub_id}"
+            raise ConfigError(f"no questions to search in {where} (task {task}, split "
+                              f"{split or task_obj.default_split}" + (f", shard {shard}" if shard else "") + ")")
 
-    extra = {}
-    if teacher == "sim":
-        extra = {"samples": samples, "skill": sim_skill, "answer_accuracy": sim_accuracy, "seed": seed}
-    resize = Resize(min_pixels=min_pixels, max_pixels=max_pixels) if max_pixels else None
-    runtime = RuntimeConfig(concurrency=concurrency, requests_per_second=requests_per_second, timeout_s=timeout,
-                            max_retries=max_retries)
-    client = build_client(teacher, model, base_url or (), api_key_env, config=runtime,
-                          cache_path=store.cache_path, resize=resize, **extra)
-    run = RunRecord(
-        task=spec,
-        params=asdict(config),
-        teacher={"backend": teacher, "model": model, "base_urls": list(base_url or []),
-                 "max_pixels": resize.max_pixels if resize else None,
-                 "min_pixels": resize.min_pixels if resize else None,
-                 **client.teacher.describe()},
-        prompt_version=PROMPT_VERSION,
-        data_dir=str(data_dir.resolve()) if data_dir else None,
-        split=split,
-        limit=limit,
-        shard=shard,
-        command=shlex.join(["trace-forge", *sys.argv[1:]]),
-        versions={"trace_forge": __version__, "python": platform.python_version()},
-    )
-    if previous is not None:
-        changed = previous.differences(run)
-        if changed:
-            asyncio.run(client.aclose())
-            raise ConfigError(f"--resume: {out} was made with other settings ({'; '.join(changed)}); use the same "
-                              "settings, or another --out")
-    store.start_session(run, resume=resume)
+        extra = {}
+        if teacher == "sim":
+            extra = {"samples": samples, "skill": sim_skill, "answer_accuracy": sim_accuracy, "seed": seed}
+        resize = Resize(min_pixels=min_pixels, max_pixels=max_pixels) if max_pixels else None
+        runtime = RuntimeConfig(concurrency=concurrency, requests_per_second=requests_per_second, timeout_s=timeout,
+                                max_retries=max_retries)
+        client = build_client(teacher, model, base_url or (), api_key_env, config=runtime,
+                              cache_path=store.cache_path, resize=resize, **extra)
+        run = RunRecord(
+            task=spec,
+            params=asdict(config),
+            teacher={"backend": teacher, "model": model, "base_urls": list(base_url or []),
+                     "max_pixels": resize.max_pixels if resize else None,
+                     "min_pixels": resize.min_pixels if resize else None,
+                     **client.teacher.describe()},
+            prompt_version=PROMPT_VERSION,
+            data_dir=str(data_dir.resolve()) if data_dir else None,
+            split=split,
+            limit=limit,
+            shard=shard,
+            command=shlex.join(["trace-forge", *sys.argv[1:]]),
+            versions={"trace_forge": __version__, "python": platform.python_version()},
+        )
+        if previous is not None:
+            changed = previous.differences(run)
+            if changed:
+                asyncio.run(client.aclose())
+                raise ConfigError(f"--resume: {out} was made with other settings ({'; '.join(changed)}); use the same "
+                                  "settings, or another --out")
+        store.start_session(run, resume=resume)
 
-    usage_log = _UsageLog(store, client)
-    try:
-        summary = asyncio.run(
-            _search_with_progress(samples, task_obj, client, config, store, quiet, usage_log, data_dir))
-    finally:  # an interrupted run still records what it spent
-        usage_log.save(finished=True)
-    usage = client.snapshot()
-    _print_summary(summary, usage, len(samples))
-
-    if linearize and store.trees_path.exists():
-        from trace_forge.dataset import linearize_run
-        from trace_forge.errors import DataError
-
+        usage_log = _UsageLog(store, client)
         try:
-            counts = linearize_run(out, out / "dataset-single", "single", data_dir=data_dir, overwrite=True)
-        except DataError as e:  # e.g. no correct trajectory yet: the trees are still worth keeping
-            console.print(f"[yellow]no dataset written:[/] {escape(str(e))}")
-        else:
-            sizes = ", ".join(f"{name} {sum(kinds.values())}" for name, kinds in counts.rows.items())
-            console.print(f"single-turn dataset: {out / 'dataset-single'} ({sizes})")
-    if summary.failed:
-        console.print(f"[yellow]{summary.failed} question(s) failed; see {store.errors_path}[/]")
-        raise typer.Exit(1)
+            summary = asyncio.run(
+                _search_with_progress(samples, task_obj, client, config, store, quiet, usage_log, data_dir))
+        finally:  # an interrupted run still records what it spent
+            usage_log.save(finished=True)
+        usage = client.snapshot()
+        _print_summary(summary, usage, len(samples))
+
+        if linearize and store.trees_path.exists():
+            from trace_forge.dataset import linearize_run
+            from trace_forge.errors import DataError
+
+            try:
+                counts = linearize_run(out, out / "dataset-single", "single", data_dir=data_dir, overwrite=True)
+            except DataError as e:  # e.g. no correct trajectory yet: the trees are still worth keeping
+                console.print(f"[yellow]no dataset written:[/] {escape(str(e))}")
+            else:
+                sizes = ", ".join(f"{name} {sum(kinds.values())}" for name, kinds in counts.rows.items())
+                console.print(f"single-turn dataset: {out / 'dataset-single'} ({sizes})")
+        if summary.failed:
+            console.print(f"[yellow]{summary.failed} question(s) failed; see {store.errors_path}[/]")
+            raise typer.Exit(1)
 
 
 class _UsageLog:

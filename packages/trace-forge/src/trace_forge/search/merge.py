@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from trace_forge.durable import append_record, read_records
+from trace_forge.durable import OutputLock, append_record, read_records
 from trace_forge.errors import ConfigError, DataError
 from trace_forge.search.records import IMAGES_DIR, QuestionRecord, RunRecord, read_questions
 from trace_forge.search.store import ERRORS, TREES, RunStore, sum_usage
@@ -141,11 +141,15 @@ def merge_runs(out: str | Path, shard_dirs: Sequence[str | Path]) -> MergeReport
         What was written.
 
     Raises:
-        ConfigError: fewer than two shards, ``out`` not empty or one of the shards, or incompatible shards
+        ConfigError: fewer than two shards, ``out`` not empty, in use or one of the shards, or incompatible shards
             (the message names the fields).
         DataError: a shard is not a run directory or holds a corrupt record.
     """
-    out = Path(out)
+    with OutputLock(out, "merge"):  # one writer: a second merge into the same folder is refused
+        return _merge(Path(out), shard_dirs)
+
+
+def _merge(out: Path, shard_dirs: Sequence[str | Path]) -> MergeReport:
     roots = [Path(d) for d in shard_dirs]
     if len(roots) < 2:
         raise ConfigError(f"merge needs at least two shard directories, got {len(roots)}")

@@ -27,8 +27,7 @@ from typing import Any, Literal
 
 from PIL import Image
 
-from trace_forge import __version__
-from trace_forge.durable import read_records, write_atomic
+from trace_forge.durable import check_version, read_records, write_atomic
 from trace_forge.errors import DataError
 from trace_forge.grounding import Box
 from trace_forge.search.tree import Tree
@@ -54,14 +53,8 @@ IMAGES_DIR = "images"
 
 def check_schema(data: Mapping[str, Any], what: str, *, path: object = None, line: int | None = None) -> None:
     """Raise :class:`DataError` unless ``data`` is of :data:`SCHEMA_VERSION` (a record without one is version 1)."""
-    version = data.get("schema_version", 1)
-    if version != SCHEMA_VERSION:
-        raise DataError(
-            f"{what} has schema version {version}; trace-forge {__version__} reads version {SCHEMA_VERSION} "
-            "(re-run the search into a new --out to get it)",
-            path=path,
-            line=line,
-        )
+    check_version(data, SCHEMA_VERSION, what=what, remedy="re-run the search into a new --out to get it",
+                  path=path, line=line)
 
 
 # ------------------------------------------------------------------------------------------------------------
