@@ -17,7 +17,6 @@ from trace_forge.grounding import (
     Resize,
     Step,
     Trajectory,
-    parse_point,
     parse_response,
     render_answer,
     render_answer_turn,
@@ -290,14 +289,16 @@ def test_pathological_inputs_parse_in_linear_time():
     assert time.perf_counter() - start < 3.0
 
 
-def test_parse_point_is_lenient_but_whole():
-    assert parse_point("(3, 4)") == Point(3, 4)
-    assert parse_point(" [3,4] ") == Point(3, 4)
-    assert parse_point("3, 4.") == Point(3, 4)
-    assert parse_point("(-1.5, 2)", Frame.NORM1000) == Point(-1.5, 2, Frame.NORM1000)
-    for bad in ("B", "(3, 4) is it", "(3; 4)", "", "(1, 2, 3)", "(" + "9" * 5000 + ", 1)"):
-        assert parse_point(bad) is None
+def test_an_answer_point_is_read_leniently_but_whole():
+    def point(answer: str, frame: Frame = Frame.PIXEL) -> Point | None:
+        return parse_response(f"<think> (1, 1) </think><answer> {answer} </answer>", frame=frame).answer_point
 
+    assert point("(3, 4)") == Point(3, 4)
+    assert point(" [3,4] ") == Point(3, 4)
+    assert point("3, 4.") == Point(3, 4)
+    assert point("(-1.5, 2)", Frame.NORM1000) == Point(-1.5, 2, Frame.NORM1000)
+    for bad in ("3 4", "(3, 4) and (5, 6)", "point (3, 4)", ""):
+        assert point(bad) is None
 
 def test_bad_expect_is_a_programming_error():
     with pytest.raises(ValueError):

@@ -32,7 +32,6 @@ __all__ = [
     "Problem",
     "ProblemCode",
     "ToolCall",
-    "parse_point",
     "parse_response",
     "render_answer",
     "render_answer_turn",
@@ -166,24 +165,6 @@ class Parsed:
 # ---------------------------------------------------------------------------------------------------------------
 # Point literals
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def parse_point(text: str, frame: Frame | str = Frame.PIXEL) -> Point | None:
-    """Read a point answer leniently: ``"(x, y)"``, ``"[x, y]"`` or ``"x, y"``, integers or floats.
-
-    Args:
-        text: the answer text; surrounding whitespace and a final period are ignored.
-        frame: the frame the coordinates are written in.
-
-    Returns:
-        The point, or ``None`` when the whole text is not a point.
-
-    Example:
-        >>> parse_point(" [12, 30.5] ")
-        Point(x=12.0, y=30.5, frame=<Frame.PIXEL: 'pixel'>)
-    """
-    m = _ANSWER_POINT_RE.fullmatch(text.strip())
-    return _match_point(m, Frame(frame)) if m else None
 
 
 def _match_point(m: re.Match[str], frame: Frame) -> Point:
