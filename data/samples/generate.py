@@ -638,19 +638,22 @@ def _sat2(out: Path) -> None:
          "If I walk forward three meters, will the yellow ball be in front of me or behind me?",
          ["in front of me", "behind me"], "behind me"),
     ]
-    data: dict[str, list[object]] = {"images": [], "question": [], "answers": [], "correct_answer": [],
-                                     "question_type": []}
-    for question_type, images, question, answers, correct in rows:
-        assert correct in answers
-        data["images"].append([_png_bytes(im) for im in images])
-        data["question"].append(question)
-        data["answers"].append(answers)
-        data["correct_answer"].append(correct)
-        data["question_type"].append(question_type)
     features = Features({"images": List(Image()), "question": Value("string"), "answers": List(Value("string")),
                          "correct_answer": Value("string"), "question_type": Value("string")})
     (out / "sat2").mkdir(parents=True, exist_ok=True)
-    Dataset.from_dict(data, features=features).to_parquet(str(out / "sat2" / "val.parquet"))
+    # val: every question type; test (the default split, like SAT-v2's real-image test set): the dynamic ones.
+    dynamic = [row for row in rows if row[0] in ("ego_movement", "obj_movement")]
+    for split, split_rows in (("val", rows), ("test", dynamic)):
+        data: dict[str, list[object]] = {"images": [], "question": [], "answers": [], "correct_answer": [],
+                                         "question_type": []}
+        for question_type, images, question, answers, correct in split_rows:
+            assert correct in answers
+            data["images"].append([_png_bytes(im) for im in images])
+            data["question"].append(question)
+            data["answers"].append(answers)
+            data["correct_answer"].append(correct)
+            data["question_type"].append(question_type)
+        Dataset.from_dict(data, features=features).to_parquet(str(out / "sat2" / f"{split}.parquet"))
 
 
 def _blink_rows(sub_task: str) -> list[tuple[list[PILImage.Image], str, list[str], int]]:

@@ -39,7 +39,8 @@ def test_show_with_options_split_limit_and_skipped_counts(tmp_path):
     assert "val_0#r0" in result.stdout and "val_0#r1" in result.stdout and "val_1" not in result.stdout
     result = runner.invoke(app, ["tasks", "show", "blink", "--data-dir", str(make_blink(tmp_path / "b")), "--split",
                                  "test", "--skip-bad"], env={"COLUMNS": "200"})
-    assert result.exit_code == 0 and "0 sample(s) shown (limit 10); skipped: hidden answer: 1" in result.stdout
+    # Nothing to show is an error (exit 2) that says why: here the test split's answers are hidden.
+    assert isinstance(result.exception, DataError) and "skipped hidden answer: 1" in str(result.exception)
 
 
 def test_show_errors_are_typed(tmp_path):

@@ -43,7 +43,7 @@ def test_doctests():
     assert doctest.testmod(zoom_module, raise_on_error=True).attempted > 0
 
 
-@settings(derandomize=True, max_examples=200)
+@settings(max_examples=200)
 @given(
     width=st.integers(1, 3000),
     height=st.integers(1, 3000),

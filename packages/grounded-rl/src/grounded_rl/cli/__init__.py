@@ -7,10 +7,11 @@ commands, never at module level, so ``grounded-rl --help`` does not pay for them
 from __future__ import annotations
 
 import importlib
+from typing import Annotated
 
 import typer
 
-from trace_forge.cli import run
+from trace_forge.cli import run, version_option
 
 app = typer.Typer(
     name="grounded-rl",
@@ -23,18 +24,22 @@ app = typer.Typer(
 
 
 
+def _versions() -> str:
+    import grounded_rl
+    import trace_forge
+
+    return f"grounded-rl {grounded_rl.__version__} (trace-forge {trace_forge.__version__})"
+
+
 @app.callback()
-def _root() -> None:
+def _root(version: Annotated[bool, version_option(_versions)] = False) -> None:
     """SFT and GRPO (single- and multi-turn zoom) for visually grounded reasoning, and pinned evaluation."""
 
 
 @app.command()
 def version() -> None:
     """Print the grounded-rl and trace-forge versions."""
-    import grounded_rl
-    import trace_forge
-
-    typer.echo(f"grounded-rl {grounded_rl.__version__} (trace-forge {trace_forge.__version__})")
+    typer.echo(_versions())
 
 
 for _name in ("models", "eval", "sft", "train"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 
-from trace_forge.cli._app import app, console, run
+from trace_forge.cli._app import app, console, run, version_option
 
 # Command modules register on `app` when imported.
 for _name in ("tasks", "teacher", "linearize", "search", "traces"):
@@ -20,4 +20,4 @@ def main() -> None:
     run(app)
 
 
-__all__ = ["app", "console", "main", "run"]
+__all__ = ["app", "console", "main", "run", "version_option"]

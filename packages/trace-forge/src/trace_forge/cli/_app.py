@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -24,8 +25,25 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 
+def version_option(text: str) -> typer.models.OptionInfo:
+    """A ``--version`` flag that prints ``text()`` and exits (for each CLI's root callback)."""
+
+    def show(value: bool) -> None:
+        if value:
+            typer.echo(text())
+            raise typer.Exit()
+
+    return typer.Option("--version", callback=show, is_eager=True, help="Print the version and exit.")
+
+
+def _trace_forge_version() -> str:
+    from trace_forge import __version__
+
+    return f"trace-forge {__version__}"
+
+
 @app.callback()
-def _root() -> None:
+def _root(version: Annotated[bool, version_option(_trace_forge_version)] = False) -> None:
     """Mine visually grounded reasoning traces with Monte Carlo tree search over a teacher VLM."""
 
 
@@ -45,7 +63,8 @@ def run(typer_app: typer.Typer) -> None:
     except TraceForgeError as e:
         if os.environ.get("TRACE_FORGE_DEBUG"):
             raise
-        console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+        # soft_wrap: one line whatever the terminal width, so a long path stays whole for a reader and for grep.
+        console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
@@ -55,6 +74,4 @@ def run(typer_app: typer.Typer) -> None:
 @app.command()
 def version() -> None:
     """Print the trace-forge version."""
-    from trace_forge import __version__
-
-    typer.echo(__version__)
+    typer.echo(_trace_forge_version())

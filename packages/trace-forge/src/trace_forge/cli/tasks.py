@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from trace_forge.cli._app import app
+from trace_forge.errors import DataError
 from trace_forge.tasks import Sample, TaskSpec, get_task, parse_task_options, task_names
 
 tasks_app = typer.Typer(help="Benchmark tasks: list them and preview their samples.", no_args_is_help=True)
@@ -59,6 +60,11 @@ def show(
     """Load a task's samples and print them with the counts of what was read and skipped."""
     task = TaskSpec(task_name, parse_task_options(option or [])).build()
     samples = list(task.load(data_dir=data_dir, split=split, limit=limit, skip_bad=skip_bad))
+    if not samples:
+        skipped = ", ".join(f"{reason}: {n}" for reason, n in sorted(task.skipped.items()))
+        raise DataError(f"no {task.name} samples here (split {split or task.default_split}"
+                        + (f"; skipped {skipped}" if skipped else "") + "): check --data-dir and --split",
+                        path=data_dir or task.hub_id)
     table = Table("id", "category", "question", "options / answer", "boxes (xyxy px)", "images", title=task.name)
     for sample in samples:
         table.add_row(
