@@ -85,6 +85,8 @@ def test_resume_accumulates_teacher_usage_over_sessions(tmp_path):
     assert requests[1] > 0  # the second question was searched in the resumed session
     assert run["usage"]["requests"] == sum(requests)
     assert run["usage"]["completion_tokens"] == sum(s["usage"]["completion_tokens"] for s in run["sessions"])
+    # Settings are kept apart from the counters, never summed over sessions.
+    assert "skill" not in run["usage"] and run["sessions"][1]["usage"]["teacher"]["skill"] == 0.5
 
 
 def test_usage_is_written_during_the_run(tmp_path, monkeypatch):
@@ -148,3 +150,28 @@ def test_task_options_reach_the_task_and_run_json(tmp_path):
 def test_max_calls_help_says_when_it_is_checked():
     result = runner.invoke(app, ["search", "--help"], env={"COLUMNS": "300"})
     assert "checked between simulations" in " ".join(result.output.split())
+
+
+def test_results_go_to_stdout_and_plain_progress_lines_to_stderr(tmp_path):
+    args = ["search", "--task", "vstar", "--data-dir", VSTAR, "--teacher", "sim", "--simulations", "2",
+            "--limit", "2", "--out", str(tmp_path / "run"), "--no-linearize"]
+    # Not a terminal (CliRunner's streams are buffers): one whole line per update when the interval is 0.
+    result = runner.invoke(app, args, env={"COLUMNS": "40", "TRACE_FORGE_PROGRESS_S": "0"})
+    assert result.exit_code == 0, result.output
+    assert "questions" in result.stdout and "search:" not in result.stdout  # the table; no progress
+    lines = [line for line in result.stderr.splitlines() if line.startswith("search: ")]
+    assert [line.split(" · ")[0] for line in lines] == ["search: 0/2 (0%)", "search: 1/2 (50%)", "search: 2/2 (100%)"]
+    assert "teacher calls/s" in lines[-1]  # whole, although wider than COLUMNS
+    assert "cost" not in result.stdout + result.stderr  # the simulated teacher costs nothing
+
+
+def test_a_resumed_finished_run_counts_its_solved_questions(tmp_path):
+    out = tmp_path / "run"
+    first = _search(out, "--limit", "2")
+    assert first.exit_code == 0
+    again = _search(out, "--limit", "2", "--resume")
+    assert again.exit_code == 0, again.output
+    row = next(line for line in again.stdout.splitlines() if "with a correct trajectory" in line)
+    records = [json.loads(line) for line in (out / "trees.jsonl").read_text().splitlines()]
+    solved = sum(r["stats"]["correct"] > 0 for r in records)
+    assert f"{solved} of 2" in row and solved > 0

@@ -6,8 +6,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from tests.trace_forge.fixtures_trees import (
+    add_rollout,
     example_tree,
     make_record,
+    rollout,
     vstar_samples,
     write_generic_run,
     write_run,
@@ -101,16 +103,40 @@ def test_points_in_another_frame_are_refused():
         render_trace(Image.new("RGB", (10, 10)), [Step("x (1, 1)", Point(1, 1, Frame.NORM1000))], "a")
 
 
-def test_tree_trajectories_and_best_is_the_most_valued_correct_one():
+def test_tree_trajectories_and_best_is_the_most_informative_correct_one():
     tree = example_tree()
     trajectories = tree_trajectories(tree)
     assert len(trajectories) == 7  # 6 rollouts + 1 terminal
     assert sum(t.correct for t in trajectories) == 3
     best = best_trajectory(tree)
-    # The terminal node T (value 1.0) beats the rollouts of A and B, whose nodes also saw wrong rollouts.
-    assert (best.node, best.rollout, best.answer) == (3, None, "white")
-    assert [s.point.rounded() for s in best.steps] == [(100, 100), (200, 200)]
+    # A.r0 and B.r0 both look at 3 places, the terminal T at 2: the tie goes to B (value 2/3 over A's 1/2).
+    assert (best.node, best.rollout, best.answer) == (2, 0, "white")
+    assert [s.point.rounded() for s in best.steps] == [(100, 100), (200, 200), (250, 260)]
     assert best_trajectory(Tree()) is None
+
+
+def test_a_correct_zero_step_answer_is_not_what_is_shown():
+    tree = Tree()
+    tree.add_child(tree.root, answer="white", reward=1.0)  # right at once: shows nothing of the method
+    a = tree.add_child(tree.root, step=Step("The ring (100, 100).", Point(100, 100)))
+    tree.add_child(a, answer="white", reward=1.0)
+    assert [s.point.rounded() for s in best_trajectory(tree).steps] == [(100, 100)]
+
+
+def test_the_panel_shows_the_question_and_why_there_is_no_answer():
+    image = Image.new("RGB", (300, 200), GREY)
+    bare = render_trace(image, _steps((10, 10)), "")
+    told = render_trace(image, _steps((10, 10)), "", question="What colour is the ring?  (A) red  (B) white",
+                        note="The teacher gave no <answer> before the rollout ended; its last text was judged.")
+    ink = lambda picture: int((np.asarray(picture.crop((300, 0, picture.width, picture.height))).max(axis=2) < 160).sum())  # noqa: E731
+    assert ink(told) > ink(bare) + 500  # two more passages of text
+
+
+def test_an_unanswered_rollout_carries_its_reason():
+    tree = example_tree()
+    add_rollout(tree, 1, rollout([(600, 600)], "I keep looking", 0.0, answered=False))
+    (last,) = [t for t in tree_trajectories(tree) if t.answer == "I keep looking"]
+    assert "no <answer>" in last.note
 
 
 def _run(tmp_path, questions=1):
@@ -130,6 +156,8 @@ def test_run_views_best_and_all_correct(tmp_path):
     (best,) = run_views(run_dir, 0)
     assert best.image.size == sample.canvas().size
     assert "correct" in best.title and sample.id in best.title
+    assert best.question.startswith(sample.question) and "(A) " in best.question
+    assert len(best.crops) == len(best.steps) == 3  # crops by default
     views = run_views(run_dir, 0, all_correct=True, zoom_crops=True)
     assert len(views) == 3
     assert all(len(v.crops) == len(v.steps) for v in views)
@@ -138,7 +166,7 @@ def test_run_views_best_and_all_correct(tmp_path):
 def test_run_views_of_a_generic_run_use_its_task_options(tmp_path):
     run_dir, sample = write_generic_run(tmp_path / "run", tmp_path / "data")
     (best,) = run_views(run_dir, 0, zoom_crops=True)
-    assert best.image.size == sample.canvas().size and "g1" in best.title and len(best.crops) == 2
+    assert best.image.size == sample.canvas().size and "g1" in best.title and len(best.crops) == 3
 
 
 def test_run_views_reject_a_canvas_of_another_size(tmp_path):
@@ -159,6 +187,8 @@ def test_cli_show_run_writes_pngs_with_markers(tmp_path):
     assert image.width == round(w * scale) + PANEL_WIDTH
     assert image.getpixel((round(100 * scale), round(100 * scale))) == PALETTE[0]
     assert image.getpixel((round(200 * scale), round(200 * scale))) == PALETTE[1]
+    assert image.getpixel((round(250 * scale), round(260 * scale))) == PALETTE[2]
+    assert image.height > round(h * scale)  # the zoom crops below, by default
 
     result = runner.invoke(app, ["show", str(run_dir), "--all-correct", "--out", str(out)])
     assert result.exit_code == 0, result.output

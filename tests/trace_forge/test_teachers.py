@@ -505,7 +505,7 @@ def test_image_is_encoded_once_resized_and_sent_identically(tmp_path: Path) -> N
     geometry = client.geometry(refs[3])
     x, y = geometry.convert(125.5, 83.5, "model", "pixel")  # the centre of the sent image (cell centres)...
     assert (round(x, 6), round(y, 6)) == (319.5, 239.5)  # ...is the centre of the original
-    assert client.snapshot()["coordinate_frame"] == "model" and client.snapshot()["images_encoded"] == 1
+    assert client.snapshot()["teacher"]["coordinate_frame"] == "model" and client.snapshot()["images_encoded"] == 1
 
 
 def test_encoder_memo_is_bounded_so_a_long_run_keeps_flat_memory() -> None:

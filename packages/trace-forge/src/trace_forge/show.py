@@ -4,8 +4,11 @@ below.
 :func:`render_trace` is the drawing; the loaders turn what is on disk into :class:`TraceView` objects to draw:
 
 - :func:`dataset_views`: one row of a linearized dataset (``DIR/hf`` saved with ``save_to_disk``, or ``DIR``).
-- :func:`run_views`: a question of a search run directory (``trees.jsonl``): its best trajectory, or all
-  correct ones, on the sample canvas re-loaded from the task data named in ``run.json``.
+- :func:`run_views`: a question of a search run directory (``trees.jsonl``): its most informative trajectory
+  (:func:`best_trajectory`), or all correct ones, on the sample canvas re-loaded from the task data named in
+  ``run.json``.
+
+Every picture carries the question, and an answer that is missing or forced says why.
 
 Example:
     >>> from PIL import Image
@@ -31,6 +34,8 @@ from trace_forge.grounding import Box, Frame, Point, Step, zoom
 from trace_forge.search.records import read_questions
 from trace_forge.search.store import TREES, RunStore
 from trace_forge.search.tree import Tree
+from trace_forge.tasks import Sample
+from trace_forge.tasks.prompts import lettered
 
 __all__ = [
     "PALETTE",
@@ -39,6 +44,7 @@ __all__ = [
     "render_trace",
     "tree_trajectories",
     "best_trajectory",
+    "asked",
     "dataset_views",
     "run_views",
     "load_views",
@@ -67,6 +73,7 @@ CROP_SIDE = 200  # crops are shown at most this large
 MARGIN = 16
 _BG = (255, 255, 255)
 _INK = (20, 20, 20)
+_QUESTION_INK = (70, 70, 110)
 _FONT_SIZE = 16
 
 
@@ -153,8 +160,11 @@ def _draw_markers(
         _label(draw, (x + r, y - r), "answer", (120, 100, 0), font, image.size, taken)
 
 
-def _panel(steps: Sequence[Step], answer: str, title: str | None, height: int) -> Image.Image:
-    """The text column: title, numbered step texts (number in the step's colour), then the answer."""
+def _panel(
+    steps: Sequence[Step], answer: str, title: str | None, question: str | None, note: str | None, height: int
+) -> Image.Image:
+    """The text column: title, question, numbered step texts (number in the step's colour), the answer, and a
+    note on it (why there is none, or that it was forced)."""
     font, big = _font(_FONT_SIZE), _font(_FONT_SIZE + 4)
     line_h, big_h = round(_FONT_SIZE * 1.35), round((_FONT_SIZE + 4) * 1.35)
     width = PANEL_WIDTH - 2 * MARGIN
@@ -166,6 +176,11 @@ def _panel(steps: Sequence[Step], answer: str, title: str | None, height: int) -
             ops.append((0, y, line, big, _INK))
             y += big_h
         y += line_h // 2
+    if question:
+        for line in _wrap(question, font, width):
+            ops.append((0, y, line, font, _QUESTION_INK))
+            y += line_h
+        y += line_h // 2
     for i, step in enumerate(steps):
         ops.append((0, y, f"{i + 1}.", font, PALETTE[i % len(PALETTE)]))
         for line in _wrap(step.text, font, width - indent):
@@ -173,9 +188,12 @@ def _panel(steps: Sequence[Step], answer: str, title: str | None, height: int) -
             y += line_h
         y += line_h // 4
     y += line_h // 2
-    for line in _wrap(f"Answer: {answer}", big, width):
+    for line in _wrap(f"Answer: {answer}" if answer.strip() else "Answer: (none)", big, width):
         ops.append((0, y, line, big, _INK))
         y += big_h
+    for line in _wrap(note or "", font, width) if note else ():
+        ops.append((0, y, line, font, _QUESTION_INK))
+        y += line_h
     panel = Image.new("RGB", (PANEL_WIDTH, max(height, y + MARGIN)), _BG)
     draw = ImageDraw.Draw(panel)
     for x, y_, text, f, colour in ops:
@@ -211,6 +229,8 @@ def render_trace(
     crops: Sequence[Image.Image] | None = None,
     title: str | None = None,
     *,
+    question: str | None = None,
+    note: str | None = None,
     answer_point: Point | None = None,
     target_boxes: Sequence[Box] = (),
     max_side: int = 1024,
@@ -226,6 +246,8 @@ def render_trace(
         crops: zoom crops of a multi-turn chain, in order; crop ``i`` is tagged ``zoom i+1`` in step ``i``'s
         colour.
         title: a heading for the text panel (task, question id, kind, correctness).
+        question: the question, under the title.
+        note: a line under the answer: why there is no answer, or how it came about (forced at a limit).
         answer_point: a point answer in the pixel frame, drawn as a gold ring.
         target_boxes: ground-truth boxes (pixel frame) drawn as green rectangles.
         max_side: the image is scaled down (never up) so its longer side is at most this.
@@ -249,7 +271,7 @@ def render_trace(
             (max(1, round(base.width * scale)), max(1, round(base.height * scale))), Image.Resampling.LANCZOS
         )
     _draw_markers(base, [s.point for s in steps], answer_point, target_boxes, scale)
-    panel = _panel(steps, answer, title, base.height)
+    panel = _panel(steps, answer, title, question, note, base.height)
     top_h = max(base.height, panel.height)
     width = base.width + panel.width
     strip = _crop_strip(crops, width) if crops else None
@@ -277,6 +299,8 @@ class TraceView:
     title: str = ""
     target_boxes: list[Box] = field(default_factory=list)
     answer_point: Point | None = None
+    question: str = ""
+    note: str = ""
 
     def render(self, max_side: int = 1024) -> Image.Image:
         return render_trace(
@@ -285,6 +309,8 @@ class TraceView:
             self.answer,
             self.crops,
             self.title,
+            question=self.question,
+            note=self.note,
             answer_point=self.answer_point,
             target_boxes=self.target_boxes,
             max_side=max_side,
@@ -302,10 +328,19 @@ class TreeTrajectory:
     answer: str
     reward: float
     answer_point: Point | None = None
+    note: str = ""
 
     @property
     def correct(self) -> bool:
         return self.reward >= 1
+
+
+def _rollout_note(rollout: Any) -> str:
+    if not rollout.answered:
+        return "The teacher gave no <answer> before the rollout ended; its last text was judged."
+    if rollout.forced:
+        return "Answer forced: the depth or rollout-step limit was reached."
+    return ""
 
 
 def tree_trajectories(tree: Tree) -> list[TreeTrajectory]:
@@ -318,24 +353,32 @@ def tree_trajectories(tree: Tree) -> list[TreeTrajectory]:
                                       node.answer_point))
         for k, rollout in enumerate(node.rollouts):
             out.append(TreeTrajectory(node.id, k, prefix + rollout.steps, rollout.answer, rollout.reward,
-                                      rollout.answer_point))
+                                      rollout.answer_point, _rollout_note(rollout)))
     return out
 
 
 def best_trajectory(tree: Tree) -> TreeTrajectory | None:
-    """The trajectory to show for a question: correct first, then the highest tree value, then the shortest.
+    """The trajectory to show for a question, the most informative one: correct first, then the most distinct
+    grounded points, then the highest tree value.
 
-    The tree value of the node a trajectory leaves the tree at is the search's own estimate of how often that
-    path leads to a right answer, so among correct trajectories it prefers the reliable ones.
+    A zero-step answer that happens to be right shows nothing of the method; the trajectory that looks at the
+    most places does. Among those, the tree value of the node it leaves the tree at (the search's own estimate
+    of how often that path reaches a right answer) prefers the reliable ones.
     """
     trajectories = tree_trajectories(tree)
     if not trajectories:
         return None
-    return max(trajectories, key=lambda t: (t.correct, tree.nodes[t.node].value, -len(t.steps)))
+
+    def informative(t: TreeTrajectory) -> tuple[bool, int, float, int]:
+        points = {(round(s.point.x), round(s.point.y)) for s in t.steps}
+        return t.correct, len(points), tree.nodes[t.node].value, -t.node
+
+    return max(trajectories, key=informative)
 
 
-def _boxes(raw: Sequence[Sequence[float]] | None) -> list[Box]:
-    return [Box(*map(float, b)) for b in raw or []]
+def asked(sample: Sample) -> str:
+    """The question as drawn on a picture: its text, then its lettered options."""
+    return "  ".join([sample.question.strip(), *lettered(list(sample.options))])
 
 
 def dataset_views(path: str | Path, index: int = 0, split: str = "train") -> list[TraceView]:
@@ -358,7 +401,7 @@ def dataset_views(path: str | Path, index: int = 0, split: str = "train") -> lis
     verdict = "correct" if chain.correct else "wrong"
     title = f"{row.sample.task} · {row.sample.id} · {chain.kind}/{row.mode} · {verdict}"
     return [TraceView(row.images[0], list(chain.steps), chain.answer, list(row.images[1:]), title,
-                      row.sample.target_boxes, chain.answer_point)]
+                      row.sample.target_boxes, chain.answer_point, question=asked(row.sample))]
 
 
 def run_views(
@@ -366,7 +409,7 @@ def run_views(
     index: int = 0,
     *,
     all_correct: bool = False,
-    zoom_crops: bool = False,
+    zoom_crops: bool = True,
     data_dir: str | Path | None = None,
 ) -> list[TraceView]:
     """Trajectories of question ``index`` (``trees.jsonl`` order) of a search run.
@@ -374,7 +417,7 @@ def run_views(
     Args:
         run_dir: the run directory (``run.json`` + ``trees.jsonl``).
         index: which question.
-        all_correct: every correct trajectory instead of the best one (:func:`best_trajectory`).
+        all_correct: every correct trajectory instead of the most informative one (:func:`best_trajectory`).
         zoom_crops: also show the crop each step would zoom to, with the task's zoom spec (multi-turn view).
         data_dir: the task data, when not where ``run.json`` says (the run was made on another machine).
 
@@ -400,7 +443,8 @@ def run_views(
         if best is None:
             raise ConfigError(f"question {record.id!r} has no trajectory (empty tree)")
         chosen = [best]
-    canvas = record.question.sample(run_dir, data_dir if data_dir is not None else run.data_dir).canvas()
+    sample = record.question.sample(run_dir, data_dir if data_dir is not None else run.data_dir)
+    canvas = sample.canvas()
     record.question.check_canvas(canvas)
     spec = record.question.task.build().zoom
     views = []
@@ -410,7 +454,7 @@ def run_views(
         crops = [zoom(canvas, s.point.x, s.point.y, spec).image for s in t.steps] if zoom_crops else []
         title = f"{record.question.task.name} · {record.id} · {where} · {verdict}"
         views.append(TraceView(canvas, t.steps, t.answer, crops, title, record.question.target_boxes,
-                               t.answer_point))
+                               t.answer_point, question=asked(sample), note=t.note))
     return views
 
 
@@ -420,7 +464,7 @@ def load_views(
     *,
     split: str = "train",
     all_correct: bool = False,
-    zoom_crops: bool = False,
+    zoom_crops: bool = True,
     data_dir: str | Path | None = None,
 ) -> list[TraceView]:
     """:func:`run_views` when ``path`` holds a ``trees.jsonl``, else :func:`dataset_views`."""

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import importlib
 
-from trace_forge.cli._app import app, console, run, version_option
+from trace_forge.cli._app import app, console, out, run, version_option
+from trace_forge.cli.progress import Progress
 
 # Command modules register on `app` when imported.
 for _name in ("tasks", "teacher", "linearize", "search", "traces"):
@@ -20,4 +21,4 @@ def main() -> None:
     run(app)
 
 
-__all__ = ["app", "console", "main", "run", "version_option"]
+__all__ = ["Progress", "app", "console", "main", "out", "run", "version_option"]

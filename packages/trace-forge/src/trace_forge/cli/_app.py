@@ -22,7 +22,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-console = Console(stderr=True)
+console = Console(stderr=True)  # progress, notes and errors
+out = Console()  # a command's results: stdout, so `cmd > file` keeps them apart from progress
 
 
 def version_option(text: str) -> typer.models.OptionInfo:
@@ -63,8 +64,10 @@ def run(typer_app: typer.Typer) -> None:
     except TraceForgeError as e:
         if os.environ.get("TRACE_FORGE_DEBUG"):
             raise
-        # soft_wrap: one line whatever the terminal width, so a long path stays whole for a reader and for grep.
-        console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        # One line whatever the terminal width or the wrapped library's message (soft_wrap, newlines folded), so a
+        # long path stays whole for a reader and for grep.
+        message = " ".join(str(e).split())
+        console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")

@@ -6,15 +6,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from trace_forge.cli._app import app, console
+from trace_forge.cli._app import app, console, out
 from trace_forge.cli.options import default, flag
 from trace_forge.grounding.frames import QWEN_FACTOR, QWEN_MAX_PIXELS, QWEN_MIN_PIXELS
 from trace_forge.linearize import LinearizeConfig
-
-out = Console()  # the summary table is the command's output: stdout (errors go to stderr through cli._app)
 
 _EXAMPLES = """\
 Examples:

@@ -4,26 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import itertools
 import platform
 import shlex
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Group
-from rich.live import Live
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from rich.text import Text
 
 from trace_forge.cli._app import app, console
+from trace_forge.cli._app import out as stdout
 from trace_forge.cli.options import default, flag
+from trace_forge.cli.progress import Progress
 from trace_forge.errors import ConfigError
 from trace_forge.grounding.frames import QWEN_MAX_PIXELS, QWEN_MIN_PIXELS
 from trace_forge.search.mcts import SearchConfig
@@ -201,8 +197,7 @@ def search(
                 _search_with_progress(samples, task_obj, client, config, store, quiet, usage_log, data_dir))
         finally:  # an interrupted run still records what it spent
             usage_log.save(finished=True)
-        usage = client.snapshot()
-        _print_summary(summary, usage, len(samples))
+        _print_summary(summary, client.snapshot(), len(samples), priced=teacher != "sim")
 
         if linearize and store.trees_path.exists():
             from trace_forge.dataset import linearize_run
@@ -214,7 +209,7 @@ def search(
                 console.print(f"[yellow]no dataset written:[/] {escape(str(e))}")
             else:
                 sizes = ", ".join(f"{name} {sum(kinds.values())}" for name, kinds in counts.rows.items())
-                console.print(f"single-turn dataset: {out / 'dataset-single'} ({sizes})")
+                stdout.print(f"single-turn dataset: {out / 'dataset-single'} ({sizes})", highlight=False)
         if summary.failed:
             console.print(f"[yellow]{summary.failed} question(s) failed; see {store.errors_path}[/]")
             raise typer.Exit(1)
@@ -240,47 +235,43 @@ class _UsageLog:
 async def _search_with_progress(samples, task, client, config, store, quiet, usage_log, data_dir):
     from trace_forge.search.mcts import run_search
 
-    progress = Progress(
-        TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
-    )
-    bar = progress.add_task("search", total=len(samples))
-    stats = Text("")
     start = time.monotonic()
     counts = {"done": 0, "correct": 0}
 
-    def on_done(sample, result):
-        usage_log.tick()
-        if quiet:
-            return
-        counts["done"] += 1
-        counts["correct"] += bool(result and result.correct)
-        u = client.usage
-        rate = u.requests / max(time.monotonic() - start, 1e-6)
-        cost = u.cost_usd()
-        stats.plain = (
-            f"with a correct trajectory {counts['correct']}/{counts['done']} · {rate:.1f} teacher calls/s · "
-            f"{u.prompt_tokens + u.completion_tokens:,} tokens · {u.cache_hits} cache hits · "
-            + (f"${cost:.2f}" if cost is not None else "cost unknown")
-        )
-        progress.advance(bar)
-
     async with client:
         finished = store.finished()
-        progress.update(bar, completed=sum(s.id in finished for s in samples))
-        with nullcontext() if quiet else Live(Group(progress, stats), console=console, refresh_per_second=4):
+        with Progress("search", len(samples), enabled=not quiet) as progress:
+            progress.update(sum(s.id in finished for s in samples))
+
+            def on_done(sample, result):
+                usage_log.tick()
+                counts["done"] += 1
+                counts["correct"] += bool(result and result.correct)
+                u = client.usage
+                rate = u.requests / max(time.monotonic() - start, 1e-6)
+                cost = u.cost_usd()
+                progress.advance(status=(
+                    f"with a correct trajectory {counts['correct']}/{counts['done']} · {rate:.1f} teacher calls/s · "
+                    f"{u.prompt_tokens + u.completion_tokens:,} tokens · {u.cache_hits} cache hits"
+                    + (f" · ${cost:.2f}" if cost is not None else "")
+                ))
+
             return await run_search(samples, task, client, config, store, data_dir=data_dir, on_done=on_done)
 
 
-def _print_summary(summary, usage, total) -> None:
+def _print_summary(summary, usage, total, *, priced: bool) -> None:
+    """The run's result table, on stdout. ``priced``: the teacher bills by token (not ``sim``), so a cost line."""
     table = Table(title="search", show_header=False)
-    share = summary.with_correct / summary.done if summary.done else 0.0
     cost = usage.get("cost_usd")
-    for key, value in itertools.chain(
-        [("questions", total), ("searched now", summary.done), ("already done (resume)", summary.skipped),
-         ("failed", summary.failed), ("with a correct trajectory", f"{summary.with_correct} ({share:.0%})")],
-        [("teacher requests", usage.get("requests")), ("cache hits", usage.get("cache_hits")),
-         ("prompt / completion tokens", f"{usage.get('prompt_tokens')} / {usage.get('completion_tokens')}"),
-         ("estimated cost", f"${cost:.2f}" if cost is not None else "unknown")],
-    ):
+    rows = [("questions", total), ("searched now", summary.done), ("already done (resume)", summary.skipped),
+            ("failed", summary.failed),
+            ("with a correct trajectory", f"{summary.solved} of {total} ({summary.solved / max(total, 1):.0%})"),
+            ("teacher requests (this session)", usage.get("requests")),
+            ("cache hits", usage.get("cache_hits")),
+            ("prompt / completion tokens", f"{usage.get('prompt_tokens')} / {usage.get('completion_tokens')}")]
+    if priced:
+        rows.append(("estimated cost", f"${cost:.2f}" if cost is not None else
+                     f"unknown (no price for {usage.get('model')!r} in the table)"))
+    for key, value in rows:
         table.add_row(key, escape(str(value)))
-    console.print(table)
+    stdout.print(table)

@@ -13,17 +13,15 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from trace_forge.cli._app import app
+from trace_forge.cli._app import app, out
 from trace_forge.errors import DataError
 from trace_forge.tasks import Sample, TaskSpec, get_task, parse_task_options, task_names
 
 tasks_app = typer.Typer(help="Benchmark tasks: list them and preview their samples.", no_args_is_help=True)
 app.add_typer(tasks_app, name="tasks")
 
-out = Console()  # tables are the command's output: stdout (errors go to stderr through cli._app)
 
 
 @tasks_app.command("list")

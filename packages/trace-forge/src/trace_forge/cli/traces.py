@@ -1,8 +1,8 @@
 """Look at traces and ship them: ``show``, ``stats``, ``merge``, ``publish``.
 
 Examples:
-    trace-forge show runs/vstar --index 3 --out trace.png                # best trajectory of question 3
-    trace-forge show runs/vstar --index 3 --all-correct --zoom --out t.png
+    trace-forge show runs/vstar --index 3 --out trace.png        # most informative trajectory of question 3
+    trace-forge show runs/vstar --index 3 --all-correct --out t.png
     trace-forge show runs/vstar/dataset-multi --split validation --index 0 --out row.png
     trace-forge stats runs/vstar [--json]
     trace-forge merge runs/vstar runs/vstar-shard0 runs/vstar-shard1
@@ -16,12 +16,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from trace_forge.cli._app import app, console
-
-out = Console()  # the command's output goes to stdout; notes and errors to stderr (cli._app.console)
+from trace_forge.cli._app import app, console, out
 
 
 @app.command("show")
@@ -35,13 +32,20 @@ def show(
     all_correct: Annotated[
         bool, typer.Option("--all-correct", help="Run: every correct trajectory, not only the best.")
     ] = False,
-    zoom: Annotated[bool, typer.Option("--zoom", help="Run: also show the crop each step zooms to.")] = False,
+    zoom: Annotated[
+        bool, typer.Option("--zoom/--no-zoom", help="Run: also show the crop each step zooms to.")
+    ] = True,
     data_dir: Annotated[
         Path | None, typer.Option("--data-dir", help="Run: the task data, if not where run.json says.")
     ] = None,
     max_side: Annotated[int, typer.Option(min=64, help="Scale the image down to this longer side.")] = 1024,
 ) -> None:
-    """Draw a trace: the image with numbered point markers, the steps and answer beside it, crops below."""
+    """Draw a trace: the image with numbered point markers, the question, steps and answer beside it, crops below.
+
+    From a run, the question's most informative trajectory: a correct one with the most distinct grounded points.
+
+    Example: trace-forge show runs/vstar-sim --index 0 --out trace.png
+    """
     from trace_forge.show import load_views, save_views
 
     views = load_views(path, index, split=split, all_correct=all_correct, zoom_crops=zoom, data_dir=data_dir)

@@ -345,12 +345,17 @@ def _strip_tags(text: str) -> str:
 
 @dataclass
 class RunSummary:
-    """Counts of one :func:`run_search` call (questions finished here, not earlier runs)."""
+    """Counts of one :func:`run_search` call over its questions.
+
+    ``done`` and ``failed`` count this call's work; ``skipped`` the questions an earlier session finished;
+    ``solved`` every question of the call with a correct trajectory, earlier sessions' included, so a resumed
+    run reports its yield, not this session's share of it.
+    """
 
     done: int = 0
-    with_correct: int = 0
+    solved: int = 0
     failed: int = 0
-    skipped: int = 0  # already finished in the store (resume)
+    skipped: int = 0
     failures: list[str] = field(default_factory=list)
 
 
@@ -442,7 +447,7 @@ async def run_search(
             record = await asyncio.to_thread(question_record, sample, task, result, client, store, data_dir)
             await asyncio.to_thread(store.append, record)
             summary.done += 1
-            summary.with_correct += result.correct > 0
+            summary.solved += result.correct > 0
             if on_done:
                 on_done(sample, result)
 
@@ -451,6 +456,7 @@ async def run_search(
         for sample in samples:
             if sample.id in finished:
                 summary.skipped += 1
+                summary.solved += correct_trajectories(finished[sample.id].tree) > 0
                 continue
             if abort:
                 break

@@ -36,6 +36,7 @@ __all__ = [
     "NORM1000_HINT",
     "PromptSet",
     "prompts_for",
+    "lettered",
     "templates_sha256",
 ]
 
@@ -141,6 +142,11 @@ def _fill(template: str, **values: object) -> str:
     return string.Template(template).substitute(values)
 
 
+def lettered(options: list[str]) -> list[str]:
+    """The options as the model sees them: ``["(A) red", "(B) blue"]``."""
+    return [f"({letter}) {option}" for letter, option in zip(string.ascii_uppercase, options, strict=False)]
+
+
 @dataclass(frozen=True)
 class PromptSet:
     """The prompts of one answer kind; get one with :func:`prompts_for`.
@@ -166,10 +172,7 @@ class PromptSet:
             raise ValueError(f"option question {sample.id!r} has no options")
         if len(sample.options) > len(string.ascii_uppercase):
             raise ValueError(f"sample {sample.id!r} has {len(sample.options)} options; letters stop at Z")
-        lines = [sample.question.strip()]
-        letters = string.ascii_uppercase[: len(sample.options)]
-        lines += [f"({letter}) {option}" for letter, option in zip(letters, sample.options, strict=True)]
-        lines.append(self.answer_format)
+        lines = [sample.question.strip(), *lettered(sample.options), self.answer_format]
         return "\n".join(lines)
 
     def teacher_system(self, coordinate_hint: str | None = None, min_steps: int | None = None) -> str:

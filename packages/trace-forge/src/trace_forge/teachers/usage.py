@@ -127,7 +127,7 @@ class Usage:
     def snapshot(self) -> dict[str, Any]:
         """Plain-JSON view for provenance files and live display."""
         return {
-            **self.context,
+            "teacher": dict(self.context),  # settings, apart from the counters (sessions sum counters)
             "model": self.model,
             "requests": self.requests,
             "completions": self.completions,
