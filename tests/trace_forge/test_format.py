@@ -274,7 +274,9 @@ def test_steps_take_the_sentence_around_each_literal():
 
 
 def test_pathological_inputs_parse_in_linear_time():
-    # Each of these took seconds to minutes with a quadratic scan; together they must stay well under a second.
+    # Each of these took seconds to minutes with a quadratic scan. Timed against a benign text of the same length
+    # parsed on the same machine in the same run, so the bound holds on a slow or busy machine: linear parsing
+    # stays within a small factor of it, a quadratic scan is thousands of times slower at this length.
     n = 100_000
     texts = [
         "<think>" * (n // 7),
@@ -283,10 +285,21 @@ def test_pathological_inputs_parse_in_linear_time():
         " " * n + "x",
         "<answer>x</answer>" + "<|im_end|> " * (n // 11),
     ]
-    start = time.perf_counter()
+    benign = "<think>" + "The mug on the left shelf (120, 340). " * (n // 38) + "</think>"
+
+    def seconds(text: str) -> float:
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            parse_response(text, expect="turn")
+            best = min(best, time.perf_counter() - start)
+        return best
+
     for text in texts:
         assert not parse_response(text, expect="turn").ok
-    assert time.perf_counter() - start < 3.0
+    baseline = max(seconds(benign), 1e-3)
+    for text in texts:
+        assert seconds(text) < 50 * baseline, text[:40]
 
 
 def test_an_answer_point_is_read_leniently_but_whole():

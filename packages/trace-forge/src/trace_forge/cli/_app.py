@@ -64,14 +64,17 @@ def run(typer_app: typer.Typer) -> None:
     except TraceForgeError as e:
         if os.environ.get("TRACE_FORGE_DEBUG"):
             raise
-        # One line whatever the terminal width or the wrapped library's message (soft_wrap, newlines folded), so a
-        # long path stays whole for a reader and for grep.
-        message = " ".join(str(e).split())
-        console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+        _error(str(e))
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
         sys.exit(130)
+
+
+def _error(message: str) -> None:
+    """One red line whatever the terminal width or the wrapped library's message (soft_wrap, newlines folded), so
+    a long path stays whole for a reader and for grep."""
+    console.print(f"[bold red]error:[/] {escape(' '.join(message.split()))}", highlight=False, soft_wrap=True)
 
 
 @app.command()

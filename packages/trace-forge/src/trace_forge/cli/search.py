@@ -10,7 +10,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.markup import escape
@@ -23,6 +23,7 @@ from trace_forge.cli.progress import Progress
 from trace_forge.errors import ConfigError
 from trace_forge.grounding.frames import QWEN_MAX_PIXELS, QWEN_MIN_PIXELS
 from trace_forge.search.mcts import SearchConfig
+from trace_forge.teachers.base import backend_names
 from trace_forge.teachers.runtime import RuntimeConfig
 from trace_forge.teachers.sim import SimTeacher
 
@@ -52,6 +53,7 @@ def _parse_shard(shard: str | None) -> tuple[int, int] | None:
     return i, n
 
 
+Backend = Literal[tuple(backend_names())]  # listed in --help; another value is a usage error naming them
 _SIM = inspect.signature(SimTeacher).parameters  # the sim teacher's settings: one default each
 
 
@@ -59,7 +61,9 @@ _SIM = inspect.signature(SimTeacher).parameters  # the sim teacher's settings: o
 def search(
     task: Annotated[str, typer.Option(help="Task name (see `trace-forge tasks list`).")],
     out: Annotated[Path, typer.Option(help="Run directory (trees.jsonl, run.json, teacher cache, datasets).")],
-    teacher: Annotated[str, typer.Option(help="Teacher backend: openai, anthropic, hf, vllm or sim.")] = "sim",
+    teacher: Annotated[Backend, typer.Option(
+        help="Teacher backend: an OpenAI-compatible server or API, Anthropic, local transformers (hf), vLLM in "
+             "process, or the simulator (sim: no model, for dry runs).")] = "sim",
     model: Annotated[str | None, typer.Option(help="Teacher model name (sim: optional).")] = None,
     base_url: Annotated[
         list[str] | None, typer.Option(help="Teacher endpoint (OpenAI style includes /v1). Repeat for replicas.")
@@ -73,7 +77,8 @@ def search(
     split: Annotated[str | None, typer.Option(help="Dataset split (task default when omitted).")] = None,
     option: Annotated[
         list[str] | None,
-        typer.Option("--option", "-o", help="Task option KEY=VALUE (VALUE read as JSON if it parses); repeatable."),
+        typer.Option("--option", "-o", help="Task option KEY=VALUE, repeatable (each task's: trace-forge tasks show "
+                                            "--help)."),
     ] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Search at most this many questions.")] = None,
     shard: Annotated[str | None, typer.Option(help="I/N: search only questions i with i % N == I.")] = None,

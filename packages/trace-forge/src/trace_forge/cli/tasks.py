@@ -17,28 +17,43 @@ from rich.table import Table
 
 from trace_forge.cli._app import app, out
 from trace_forge.errors import DataError
-from trace_forge.tasks import Sample, TaskSpec, get_task, parse_task_options, task_names
+from trace_forge.tasks import Sample, TaskSpec, get_task, parse_task_options, task_names, task_options
 
 tasks_app = typer.Typer(help="Benchmark tasks: list them and preview their samples.", no_args_is_help=True)
 app.add_typer(tasks_app, name="tasks")
 
 
 
-@tasks_app.command("list")
+def options_help() -> str:
+    """Every task's options (``-o KEY=VALUE``), one paragraph per task that takes any: for command help."""
+    parts = ["Task options (-o KEY=VALUE, repeatable; VALUE is read as JSON when it parses):"]
+    for name in task_names():
+        docs = task_options(name)
+        parts += [f"{name} -o {key}=...: {text.rstrip('.')}." for key, text in docs.items()]
+    return "\n\n".join(parts)
+
+
+@tasks_app.command("list", epilog="Example: trace-forge tasks list")
 def list_tasks() -> None:
-    """List the registered tasks with their answer kind, Hub dataset, splits and zoom crop."""
+    """List the registered tasks with their answer kind, Hub dataset, splits, options (-o) and zoom crop."""
     table = Table()
-    for column in ("name", "answer kind", "hub id", "splits", "default split", "zoom crop"):
+    for column in ("name", "answer kind", "hub id", "splits", "default split", "options (-o)", "zoom crop"):
         table.add_column(column, no_wrap=column in ("name", "hub id"))
     for name in task_names():
         task = get_task(name)
         zoom = f"{task.zoom.crop}->{task.zoom.out} px" + (" +dot" if task.zoom.dot else "")
         splits = ", ".join(task.splits) or "any"
-        table.add_row(name, task.answer_kind.value, task.hub_id or "-", splits, task.default_split, zoom)
+        options = ", ".join(task_options(name)) or "-"
+        table.add_row(name, task.answer_kind.value, task.hub_id or "-", splits, task.default_split, options, zoom)
     out.print(table)
+    out.print("What each option does: trace-forge tasks show --help", highlight=False)
 
 
-@tasks_app.command("show")
+@tasks_app.command("show", epilog=(
+    "Examples:\n\n"
+    "  trace-forge tasks show vstar --data-dir data/samples/vstar --limit 5\n\n"
+    "  trace-forge tasks show generic --data-dir my.jsonl -o options=choices -o boxes=bbox --skip-bad\n\n"
+    + options_help()))
 def show(
     task_name: Annotated[str, typer.Argument(metavar="TASK", help="A registered task (see `tasks list`).")],
     data_dir: Annotated[
@@ -52,7 +67,7 @@ def show(
     ] = False,
     option: Annotated[
         list[str] | None,
-        typer.Option("--option", "-o", help="Task option KEY=VALUE (VALUE read as JSON if it parses); repeatable."),
+        typer.Option("--option", "-o", help="Task option KEY=VALUE, repeatable; each task's options are below."),
     ] = None,
 ) -> None:
     """Load a task's samples and print them with the counts of what was read and skipped."""

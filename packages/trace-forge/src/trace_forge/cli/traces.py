@@ -65,7 +65,10 @@ def stats(
     run_dir: Annotated[Path, typer.Argument(metavar="DIR", help="A search run directory.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
 ) -> None:
-    """Summarize a search run: yield, tree shape, rollout accuracy, dead samples and teacher usage."""
+    """Summarize a search run: yield, tree shape, rollout accuracy, dead samples, the teacher and its usage.
+
+    Example: trace-forge stats runs/vstar-sim --json > stats.json
+    """
     from trace_forge.stats import run_stats
 
     s = run_stats(run_dir)
@@ -114,7 +117,10 @@ def merge(
     out_dir: Annotated[Path, typer.Argument(metavar="OUT", help="The merged run directory to create.")],
     shards: Annotated[list[Path], typer.Argument(metavar="DIR...", help="Shard run directories of one run.")],
 ) -> None:
-    """Merge the run directories of one search split over several machines."""
+    """Merge the run directories of one search split over several machines (search --shard I/N).
+
+    Example: trace-forge merge runs/vstar runs/vstar-s0 runs/vstar-s1 runs/vstar-s2 runs/vstar-s3
+    """
     from trace_forge.search.merge import merge_runs
 
     report = merge_runs(out_dir, shards)
@@ -144,8 +150,12 @@ def publish(
         bool, typer.Option("--card-only", help="Print the dataset card and upload nothing.")
     ] = False,
 ) -> None:
-    """Upload a dataset folder (card, provenance, parquet shards) to the Hub in one commit (token: HF_TOKEN or hf
-    login)."""
+    """Upload a dataset folder (card, provenance, parquet shards) to the Hub in one commit.
+
+    The token comes from HF_TOKEN or `hf auth login`, never from a flag.
+
+    Example: trace-forge publish runs/vstar-sim/dataset-multi --repo-id my-org/vstar-zoom-traces --private
+    """
     from trace_forge import publish as pub
     from trace_forge.card import CARD
 

@@ -16,7 +16,7 @@ from trace_forge.tasks import (  # noqa: F401  (registers the tasks)
     visualprobe,
     vstar,
 )
-from trace_forge.tasks.base import Task, TaskSpec, get_task, parse_task_options, task_names
+from trace_forge.tasks.base import Task, TaskSpec, get_task, parse_task_options, task_names, task_options
 from trace_forge.tasks.sample import AnswerKind, Sample
 from trace_forge.tasks.scoring import Verdict, score_answer
 
@@ -30,4 +30,5 @@ __all__ = [
     "parse_task_options",
     "score_answer",
     "task_names",
+    "task_options",
 ]

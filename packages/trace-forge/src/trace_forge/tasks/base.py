@@ -7,7 +7,9 @@ circular protocol).
 
 from __future__ import annotations
 
+import inspect
 import json
+import re
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
@@ -21,7 +23,7 @@ from trace_forge.grounding.zoom import VISUAL_SEARCH_ZOOM, ZoomSpec
 from trace_forge.tasks import scoring
 from trace_forge.tasks.sample import AnswerKind, Sample
 
-__all__ = ["Task", "TaskSpec", "register", "get_task", "parse_task_options", "task_names"]
+__all__ = ["Task", "TaskSpec", "register", "get_task", "parse_task_options", "task_names", "task_options"]
 
 _REGISTRY: dict[str, type[Task]] = {}
 
@@ -77,6 +79,12 @@ class Task(ABC):
     def __init__(self, **options: Any) -> None:
         self.options = options
         self.skipped: Counter[str] = Counter()  # records the last load() skipped, by reason
+
+    @classmethod
+    def option_docs(cls) -> dict[str, str]:
+        """The task's options (``-o KEY=VALUE``) and what each does: the ``Args:`` of the class docstring, so the
+        help a user reads is the documentation of the code."""
+        return docstring_section(inspect.getdoc(cls) or "")
 
     @property
     def spec(self) -> TaskSpec:
@@ -146,20 +154,52 @@ def task_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def docstring_section(doc: str, title: str = "Args:") -> dict[str, str]:
+    """``{name: description}`` of a Google-style ``Args:`` (or ``title``) section, continuation lines joined."""
+    out: dict[str, str] = {}
+    lines = iter(doc.splitlines())
+    for line in lines:
+        if line.strip() == title:
+            break
+    name = None
+    for line in lines:
+        if not line.strip():
+            continue
+        if not line.startswith(" "):
+            break  # the next section
+        entry = re.match(r"\s{4}(\*{0,2}\w+)(?: \(.*?\))?:\s*(.*)", line)
+        if entry and not line.startswith(" " * 5):
+            name = entry.group(1)
+            out[name] = entry.group(2)
+        elif name is not None:
+            out[name] += " " + line.strip()
+    return {k: v.replace("``", "") for k, v in out.items() if not k.startswith("*")}
+
+
 def get_task(name: str, **options: Any) -> Task:
     """Instantiate a registered task by name.
 
     Raises:
         ConfigError: an unknown name (the known ones are listed) or an option the task does not take.
     """
-    try:
-        cls = _REGISTRY[name]
-    except KeyError:
-        raise ConfigError(f"unknown task {name!r}; known tasks: {', '.join(task_names())}") from None
+    cls = _task_class(name)
     try:
         return cls(**options)
     except TypeError as e:  # an option the task's constructor does not take
-        raise ConfigError(f"bad option for task {name!r}: {e}") from None
+        known = ", ".join(cls.option_docs()) or "none"
+        raise ConfigError(f"bad option for task {name!r}: {e}; its options (-o KEY=VALUE): {known}") from None
+
+
+def task_options(name: str) -> dict[str, str]:
+    """The options task ``name`` takes (``-o KEY=VALUE``) and what each does."""
+    return _task_class(name).option_docs()
+
+
+def _task_class(name: str) -> type[Task]:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ConfigError(f"unknown task {name!r}; known tasks: {', '.join(task_names())}") from None
 
 
 def parse_task_options(pairs: list[str]) -> dict[str, Any]:

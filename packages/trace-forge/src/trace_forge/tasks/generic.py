@@ -12,6 +12,7 @@ field missing only from later lines is a per-record :class:`~trace_forge.errors.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields, replace
 from itertools import chain, islice
@@ -22,7 +23,7 @@ from typing import Any
 from trace_forge.errors import ConfigError
 from trace_forge.grounding import Box
 from trace_forge.tasks import metrics
-from trace_forge.tasks.base import Task, register
+from trace_forge.tasks.base import Task, docstring_section, register
 from trace_forge.tasks.io import (
     Record,
     SkipPolicy,
@@ -49,7 +50,7 @@ class ColumnMap:
         answer: the answer text, or a letter ("B", "(B)") for option questions; unused by default for points.
         options: the list of choices.
         boxes: one box or a list of boxes (4 numbers each, see ``box_format``), in pixels.
-        id: a unique id; default ``<file stem>_<line or row>``.
+        id: a unique id (without one: ``<file stem>_<line or row>``).
         category: the reporting category.
     """
 
@@ -85,6 +86,17 @@ class GenericTask(Task):
     answer_kind = AnswerKind.TEXT
     splits = ()  # a user table: whatever splits its files or saved dataset hold
     license_note = "see the source dataset's licence"
+
+    @classmethod
+    def option_docs(cls) -> dict[str, str]:
+        """Its own options, then one per :class:`ColumnMap` field: the column name to read it from."""
+        columns = docstring_section(inspect.getdoc(ColumnMap) or "", "Attributes:")
+        defaults = {f.name: f.default for f in fields(ColumnMap)}
+        return {
+            **super().option_docs(),
+            **{name: f"the column holding {text}" + (f" Default: {defaults[name]}." if defaults[name] else "")
+               for name, text in columns.items()},
+        }
 
     def __init__(self, *, box_format: str = "xyxy", answer_kind: str | None = None, **columns: str | None) -> None:
         super().__init__(box_format=box_format, answer_kind=answer_kind, **columns)

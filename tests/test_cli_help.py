@@ -1,0 +1,56 @@
+"""Every command of both CLIs says how to use it: an example in its help, choices listed, ``--version``."""
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from grounded_rl.cli import app as grounded_rl_app
+from trace_forge.cli import app as trace_forge_app
+
+runner = CliRunner()
+
+
+def _commands(app: typer.Typer) -> list[list[str]]:
+    """The path of every leaf command (``["tasks", "show"]``)."""
+    paths = []
+
+    def walk(command, path):
+        children = getattr(command, "commands", None)
+        if children is None:
+            paths.append(path)
+            return
+        for name, child in children.items():
+            walk(child, [*path, name])
+
+    walk(typer.main.get_command(app), [])
+    return paths
+
+
+COMMANDS = [(trace_forge_app, p) for p in _commands(trace_forge_app) if p != ["version"]] + [
+    (grounded_rl_app, p) for p in _commands(grounded_rl_app) if p != ["version"]
+]
+
+
+@pytest.mark.parametrize("app,path", COMMANDS, ids=lambda v: " ".join(v) if isinstance(v, list) else "")
+def test_every_command_help_has_an_example(app, path):
+    result = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    assert "example" in result.output.lower(), f"{' '.join(path)} --help shows no example"
+
+
+def test_choices_are_listed_in_help():
+    result = runner.invoke(trace_forge_app, ["search", "--help"], env={"COLUMNS": "300"})
+    assert "anthropic|hf|openai|sim|vllm" in result.output
+
+
+def test_generic_task_options_are_documented():
+    result = runner.invoke(trace_forge_app, ["tasks", "show", "--help"], env={"COLUMNS": "300"})
+    text = " ".join(result.output.split())
+    for option in ("image", "question", "answer", "options", "boxes", "box_format", "answer_kind"):
+        assert f"generic -o {option}=" in text
+
+
+@pytest.mark.parametrize("app,name", [(trace_forge_app, "trace-forge"), (grounded_rl_app, "grounded-rl")])
+def test_version(app, name):
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.startswith(f"{name} ")
