@@ -22,8 +22,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-console = Console(stderr=True)  # progress, notes and errors
-out = Console()  # a command's results: stdout, so `cmd > file` keeps them apart from progress
+console = Console(stderr=True, soft_wrap=True)  # progress, notes and errors; a line is never wrapped
+out = Console(soft_wrap=True)  # a command's results: stdout, so `cmd > file` keeps them apart from progress
 
 
 def version_option(text: str) -> typer.models.OptionInfo:
