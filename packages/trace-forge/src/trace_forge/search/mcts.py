@@ -42,7 +42,15 @@ from trace_forge.tasks.scoring import official_point
 from trace_forge.teachers import Completion, ImageRef, Message, SamplingParams, TeacherClient
 from trace_forge.teachers.errors import TeacherError, TeacherFormatError
 
-__all__ = ["SearchConfig", "QuestionSearch", "SearchResult", "RunSummary", "question_record", "run_search"]
+__all__ = [
+    "SearchConfig",
+    "QuestionSearch",
+    "SearchResult",
+    "NoUsableReply",
+    "RunSummary",
+    "question_record",
+    "run_search",
+]
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +110,7 @@ class QuestionStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     dead: int = 0  # samples that were neither a one-point step nor an answer
+    malformed: int = 0  # requests whose replies stayed malformed through the client's retries (their samples: dead)
     dropped_repeats: int = 0  # children whose point repeated their path or a sibling
     expand_retries: int = 0  # expansions asked again because the previous reply added no child
     simulations: int = 0
@@ -123,6 +132,16 @@ class SearchResult:
     def correct(self) -> int:
         """Correct trajectories that linearization turns into chains (see :func:`makes_chain`)."""
         return correct_trajectories(self.tree)
+
+    @property
+    def usable(self) -> bool:
+        """Whether the teacher gave any usable sample (a step or an answer): the root has a child."""
+        return bool(self.tree.root.children)
+
+
+class NoUsableReply(TraceForgeError):
+    """The teacher gave no usable sample for a question (every reply malformed, or no step or answer in any), or
+    none for any question of a run."""
 
 
 @dataclass
@@ -283,8 +302,10 @@ class QuestionSearch:
         try:
             comps = await self.client.generate([self.system, Message("user", tuple(user))], params)
         except TeacherFormatError:
-            # A malformed reply is a dead node, not a failed question: the search goes on without it.
+            # A malformed reply is a dead node, not a failed question: the search goes on without it (a question
+            # that gets nothing else fails in run_search).
             self.stats.dead += n
+            self.stats.malformed += 1
             return [Completion("", "error")] * n
         s = self.stats
         fresh = [c for c in comps if not c.cached]
@@ -384,8 +405,9 @@ async def run_search(
 ) -> RunSummary:
     """Search every sample not already in ``store``, many questions at once, appending each finished tree.
 
-    A question that raises (teacher gave up, unreadable image, an unexpected bug) is recorded in ``errors.jsonl``
-    with the error's type and message and counted as failed; the others go on.
+    A question that raises (teacher gave up, unreadable image, an unexpected bug) or whose search got no usable
+    sample from the teacher (:class:`NoUsableReply`) is recorded in ``errors.jsonl`` with the error's type and
+    message and counted as failed, not finished, so a resumed run searches it again; the others go on.
 
     Args:
         samples: questions to search (already sharded/limited by the caller).
@@ -402,6 +424,11 @@ async def run_search(
 
     Returns:
         counts of this call's work.
+
+    Raises:
+        NoUsableReply: questions were attempted and the teacher gave a usable sample for none of them.
+        TeacherError: the teacher refused our credentials (401/403).
+        TraceForgeError: more than ``max_failure_rate`` of the questions failed.
     """
     finished = store.finished()
     summary = RunSummary()
@@ -409,6 +436,7 @@ async def run_search(
         questions_in_flight = max(4, client.config.concurrency)
     queue: asyncio.Queue[Sample | None] = asyncio.Queue(maxsize=2 * questions_in_flight)
     abort: list[TraceForgeError] = []
+    teacher_failures: list[Exception] = []  # the teacher's fault: it gave up, refused, or gave nothing usable
 
     async def worker() -> None:
         while (sample := await queue.get()) is not None:
@@ -419,7 +447,13 @@ async def run_search(
                 # every other question's requests on the event loop.
                 search = await asyncio.to_thread(QuestionSearch, sample, task, client, config)
                 result = await search.run()
+                if not result.usable:
+                    s = result.stats
+                    raise NoUsableReply(f"no usable sample from the teacher ({s.malformed} request(s) with malformed "
+                                        f"replies; {s.dead} sample(s) in all neither a one-point step nor an answer)")
             except Exception as e:  # one bad question (an odd image, a bug) must not sink the others
+                if isinstance(e, TeacherError | NoUsableReply):
+                    teacher_failures.append(e)
                 if isinstance(e, TeacherError) and not getattr(e, "retryable", True) and e.status in (401, 403):
                     abort.append(e)  # bad credentials fail every question: stop at once
                 log.warning("question %s failed: %s: %s", sample.id, type(e).__name__, e)
@@ -459,6 +493,12 @@ async def run_search(
         for _ in workers:
             await queue.put(None)
         await asyncio.gather(*workers)
+    if abort and isinstance(abort[0], TeacherError):
+        raise abort[0]
+    if summary.failed and not summary.done and len(teacher_failures) == summary.failed:
+        raise NoUsableReply(
+            f"the teacher gave no usable reply in this run: all {summary.failed} question(s) attempted failed (last: "
+            f"{teacher_failures[-1]}); see {store.errors_path}, and check --model, --base-url and the server's log")
     if abort:
         raise abort[0]
     return summary
