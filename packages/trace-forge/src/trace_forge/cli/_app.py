@@ -45,7 +45,8 @@ def run(typer_app: typer.Typer) -> None:
     except TraceForgeError as e:
         if os.environ.get("TRACE_FORGE_DEBUG"):
             raise
-        console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+        # soft_wrap: one line whatever the terminal's width, so logs and scripts see the whole message on it.
+        console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
