@@ -164,3 +164,23 @@ def test_demo_says_why_there_is_no_answer(tmp_path: Path) -> None:
     assert result.exit_code == 1, result.output
     assert "answer: (no answer: the request failed: rejected:" in result.output
     assert "maximum context length" in result.output and (tmp_path / "demo.png").is_file()
+
+
+def test_a_full_disk_stops_eval_in_one_error_and_the_rerun_ends_where_a_clean_run_ends(tmp_path: Path,
+                                                                                       monkeypatch) -> None:
+    from tests.trace_forge.test_full_disk import FullDisk
+    from trace_forge.errors import StorageError
+
+    samples = load("vstar", limit=4)
+    with serve_failing(Script(samples), lambda i, request: None) as server:
+        clean = run(config("vstar", limit=4), server, tmp_path / "clean")
+        protocol_bytes = (tmp_path / "clean" / "eval.json").stat().st_size
+        record_bytes = len((tmp_path / "clean" / SAMPLES_FILE).read_bytes().splitlines()[0]) + 1
+        out = tmp_path / "full"
+        with monkeypatch.context() as patch:  # room for eval.json and one and a half records
+            FullDisk(patch, out, free=protocol_bytes + record_bytes * 3 // 2)
+            with pytest.raises(StorageError, match=rf"{out / SAMPLES_FILE}: cannot write \(No space left"):
+                run(config("vstar", limit=4, concurrency=1), server, out)
+        assert (out / SAMPLES_FILE).read_bytes().endswith(b"\n") and not (out / SUMMARY_FILE).exists()
+        resumed = run(config("vstar", limit=4), server, out)
+    assert resumed["metrics"] == clean["metrics"] and resumed["counts"] == clean["counts"]

@@ -428,6 +428,7 @@ async def run_search(
     Raises:
         NoUsableReply: questions were attempted and the teacher gave a usable sample for none of them.
         TeacherError: the teacher refused our credentials (401/403).
+        StorageError: a finished question could not be stored (a full disk); what was stored is kept.
         TraceForgeError: more than ``max_failure_rate`` of the questions failed.
     """
     finished = store.finished()
@@ -435,50 +436,59 @@ async def run_search(
     if questions_in_flight is None:
         questions_in_flight = max(4, client.config.concurrency)
     queue: asyncio.Queue[Sample | None] = asyncio.Queue(maxsize=2 * questions_in_flight)
-    abort: list[TraceForgeError] = []
+    abort: list[Exception] = []  # why the run stops early; a worker that dies would leave the queue blocked
     teacher_failures: list[Exception] = []  # the teacher's fault: it gave up, refused, or gave nothing usable
+
+    def fail(sample: Sample, e: Exception) -> None:
+        if isinstance(e, TeacherError | NoUsableReply):
+            teacher_failures.append(e)
+        if isinstance(e, TeacherError) and not getattr(e, "retryable", True) and e.status in (401, 403):
+            abort.append(e)  # bad credentials fail every question: stop at once
+        log.warning("question %s failed: %s: %s", sample.id, type(e).__name__, e)
+        log.debug("question %s: traceback", sample.id, exc_info=True)
+        store.append_error({"question_id": sample.id, "error": type(e).__name__, "message": str(e)})
+        summary.failed += 1
+        summary.failures.append(sample.id)
+        attempted = summary.done + summary.failed
+        if attempted >= 10 and summary.failed / attempted > max_failure_rate:
+            abort.append(
+                TraceForgeError(
+                    f"{summary.failed} of {attempted} questions failed (last: {e}); stopping the run. "
+                    "Check the teacher server; --resume continues where this stopped."
+                )
+            )
+
+    async def search_one(sample: Sample) -> None:
+        try:
+            # Built in a thread: decoding and encoding a large image takes seconds, which would stall
+            # every other question's requests on the event loop.
+            search = await asyncio.to_thread(QuestionSearch, sample, task, client, config)
+            result = await search.run()
+            if not result.usable:
+                s = result.stats
+                raise NoUsableReply(f"no usable sample from the teacher ({s.malformed} request(s) with malformed "
+                                    f"replies; {s.dead} sample(s) in all neither a one-point step nor an answer)")
+        except Exception as e:  # one bad question (an odd image, a bug) must not sink the others
+            fail(sample, e)
+            if on_done:
+                on_done(sample, None)
+            return
+        # Hashing the images and the fsync stay off the event loop, where other questions' requests wait.
+        record = await asyncio.to_thread(question_record, sample, task, result, client, store, data_dir)
+        await asyncio.to_thread(store.append, record)
+        summary.done += 1
+        summary.with_correct += result.correct > 0
+        if on_done:
+            on_done(sample, result)
 
     async def worker() -> None:
         while (sample := await queue.get()) is not None:
             if abort:
                 continue
             try:
-                # Built in a thread: decoding and encoding a large image takes seconds, which would stall
-                # every other question's requests on the event loop.
-                search = await asyncio.to_thread(QuestionSearch, sample, task, client, config)
-                result = await search.run()
-                if not result.usable:
-                    s = result.stats
-                    raise NoUsableReply(f"no usable sample from the teacher ({s.malformed} request(s) with malformed "
-                                        f"replies; {s.dead} sample(s) in all neither a one-point step nor an answer)")
-            except Exception as e:  # one bad question (an odd image, a bug) must not sink the others
-                if isinstance(e, TeacherError | NoUsableReply):
-                    teacher_failures.append(e)
-                if isinstance(e, TeacherError) and not getattr(e, "retryable", True) and e.status in (401, 403):
-                    abort.append(e)  # bad credentials fail every question: stop at once
-                log.warning("question %s failed: %s: %s", sample.id, type(e).__name__, e)
-                log.debug("question %s: traceback", sample.id, exc_info=True)
-                store.append_error({"question_id": sample.id, "error": type(e).__name__, "message": str(e)})
-                summary.failed += 1
-                summary.failures.append(sample.id)
-                attempted = summary.done + summary.failed
-                if attempted >= 10 and summary.failed / attempted > max_failure_rate:
-                    abort.append(
-                        TraceForgeError(
-                            f"{summary.failed} of {attempted} questions failed (last: {e}); stopping the run. "
-                            "Check the teacher server; --resume continues where this stopped."
-                        )
-                    )
-                if on_done:
-                    on_done(sample, None)
-                continue
-            # Hashing the images and the fsync stay off the event loop, where other questions' requests wait.
-            record = await asyncio.to_thread(question_record, sample, task, result, client, store, data_dir)
-            await asyncio.to_thread(store.append, record)
-            summary.done += 1
-            summary.with_correct += result.correct > 0
-            if on_done:
-                on_done(sample, result)
+                await search_one(sample)
+            except Exception as e:  # storing failed (a full disk) or a bug: stop, keeping what is stored
+                abort.append(e)
 
     workers = [asyncio.create_task(worker()) for _ in range(questions_in_flight)]
     try:
