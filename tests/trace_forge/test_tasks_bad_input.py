@@ -182,3 +182,19 @@ def test_every_loader_goes_through_the_checks():
     for name in task_names():
         cls = type(get_task(name))
         assert cls.load is Task.load or cls is SAT2, name
+
+
+def test_search_skips_and_counts_bad_records_with_skip_bad(tmp_path):
+    from typer.testing import CliRunner
+
+    from trace_forge.cli import app
+
+    data = make_vstar(tmp_path / "vstar")
+    (data / "relative_position" / "sa_2.jpg").write_bytes(png_header(20_000, 20_000))
+    args = ["search", "--task", "vstar", "--data-dir", str(data), "--teacher", "sim", "--simulations", "1", "--quiet",
+            "--no-linearize"]
+    refused = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "run")])
+    assert isinstance(refused.exception, DataError) and "sa_2.json" in str(refused.exception)
+    skipped = CliRunner().invoke(app, [*args, "--skip-bad", "--out", str(tmp_path / "run")])
+    assert skipped.exit_code == 0, skipped.output
+    assert "skipped 1 bad record(s) (image over the pixel limit: 1)" in " ".join(skipped.output.split())
