@@ -21,7 +21,7 @@ from trace_forge.teachers.sim import SimTeacher
 COMMANDS = {
     (trace_forge, "search"): ([SearchConfig, RuntimeConfig], {"timeout": "timeout_s"}),
     (trace_forge, "linearize"): ([LinearizeConfig], {}),
-    (grounded_rl, "eval"): ([EvalConfig], {"base_url": "base_urls", "option": "task_options"}),
+    (grounded_rl, "eval"): ([EvalConfig], {"base_url": "base_urls", "option": "task_options", "timeout": "timeout_s"}),
     (grounded_rl, "demo"): ([DemoConfig], {"base_url": "base_urls", "choice": "options"}),
 }
 

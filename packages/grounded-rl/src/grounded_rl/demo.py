@@ -21,7 +21,7 @@ from trace_forge.errors import ConfigError, DataError
 from trace_forge.show import render_trace
 from trace_forge.tasks import AnswerKind, Sample
 
-__all__ = ["DemoConfig", "run_demo"]
+__all__ = ["DemoConfig", "no_answer", "run_demo"]
 
 # The served model's coordinates: the same option, wording and default as in evaluation.
 _EVAL_FRAME = next(f for f in fields(EvalConfig) if f.name == "frame")
@@ -64,11 +64,19 @@ class DemoConfig:
                           backend=self.backend, base_urls=list(self.base_urls), frame=self.frame)
 
 
+def no_answer(dialog: Dialog) -> str:
+    """What stands for a missing answer: why there is none when a request failed."""
+    if dialog.error is not None:
+        return f"(no answer: the request failed: {dialog.error.kind}: {dialog.error})"
+    return "(no answer)"
+
+
 def run_demo(config: DemoConfig) -> tuple[Dialog, Path]:
     """Ask the model ``config.query`` about ``config.image`` and draw the trajectory to ``config.out``.
 
     Returns:
-        The dialog (turns, crops) and the path of the picture.
+        The dialog (turns, crops; ``error`` when a request failed for good, see
+        :func:`~grounded_rl.eval.fails_sample`) and the path of the picture.
 
     Raises:
         DataError: the image cannot be read.
@@ -96,7 +104,7 @@ def run_demo(config: DemoConfig) -> tuple[Dialog, Path]:
     dialog = asyncio.run(ask())
     mode = "multi-turn" if config.multi_turn else "single-turn"
     title = f"{Path(config.model).name} ({mode}): {config.query}"
-    picture = render_trace(image, dialog.pixel_steps(), dialog.pixel_answer() or "(no answer)",
+    picture = render_trace(image, dialog.pixel_steps(), dialog.pixel_answer() or no_answer(dialog),
                            crops=dialog.crops or None, title=title, answer_point=dialog.pixel_answer_point())
     out = Path(config.out)
     out.parent.mkdir(parents=True, exist_ok=True)

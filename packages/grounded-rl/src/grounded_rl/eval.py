@@ -16,6 +16,13 @@ Each finished sample is one line of ``samples.jsonl`` (appended and fsynced), so
 stopped. ``summary.json`` holds avg@K and pass@K under the benchmark's own aggregation, counts, parse problems and
 the protocol; ``summary.md`` the table as the benchmark reports it.
 
+One bad item does not end the run: a request the server refuses for good (a 400 such as a prompt over the context
+length) or whose replies stay malformed through the client's retries fails only its sample, which is recorded with
+the error (``error: {kind, message}``), scored as the official scripts score a wrong format (no answer: 0), counted
+in the summary, and asked again by the next run in the same folder. ``max_failure_rate`` decides whether such a run
+succeeded. Timeouts, rate limits and unreachable servers (after the client's retries) and auth or routing errors
+stop the run instead: finished samples are kept, and a rerun resumes.
+
 Coordinates: a local model writes points in its family's frame (Qwen2.5-VL: pixels of the image as its processor
 resized it; Qwen3-VL: a 0-1000 grid); an API model writes pixels of the image as sent (``max_pixels`` resizes it
 first, as a vLLM server serving a Qwen model would), or, with ``frame="norm1000"``, the 0-1000 grid (a served
@@ -41,8 +48,8 @@ from PIL import Image
 
 from grounded_rl.env import DEFAULT_MAX_IMAGES, ZoomRefused, ZoomSession
 from grounded_rl.models import Family
-from trace_forge.durable import append_record, read_records, write_atomic
-from trace_forge.errors import ConfigError
+from trace_forge.durable import OutputLock, append_record, read_records, write_atomic
+from trace_forge.errors import ConfigError, DataError, TraceForgeError
 from trace_forge.grounding import (
     ZOOM_TOOL_NAME,
     Frame,
@@ -58,7 +65,17 @@ from trace_forge.grounding import (
 from trace_forge.grounding.format import Expect
 from trace_forge.tasks import Sample, Task, TaskSpec, metrics, score_answer
 from trace_forge.tasks.prompts import NORM1000_HINT, PROMPT_VERSION, TEMPLATES_SHA256, prompts_for
-from trace_forge.teachers import ImageRef, Message, SamplingParams, TeacherClient, build_client
+from trace_forge.teachers import (
+    ImageRef,
+    Message,
+    RuntimeConfig,
+    SamplingParams,
+    TeacherClient,
+    TeacherError,
+    TeacherFormatError,
+    TeacherRejected,
+    build_client,
+)
 
 __all__ = [
     "EvalConfig",
@@ -71,6 +88,8 @@ __all__ = [
     "chat_template_for",
     "protocol",
     "summarize",
+    "fails_sample",
+    "TooManyFailures",
     "LOCAL_BACKENDS",
     "PREFILL_BACKENDS",
     "SAMPLES_FILE",
@@ -92,6 +111,10 @@ API_BACKENDS = ("openai", "anthropic")
 PREFILL_BACKENDS = frozenset(LOCAL_BACKENDS)
 # The frames an API model may write points in (a local checkpoint's family decides its own).
 API_FRAMES = (Frame.MODEL.value, Frame.NORM1000.value)
+# Refusals that condemn the endpoint or the credentials, not one prompt (401/403 auth, 404 no such model or route,
+# 405, 407 proxy auth): every request would get them, so they stop the run rather than fail every sample.
+_ENDPOINT_STATUSES = frozenset({401, 403, 404, 405, 407})
+_RUNTIME = RuntimeConfig()  # the teacher client's defaults: eval's --timeout and --max-retries start from them
 
 
 @dataclass
@@ -137,6 +160,19 @@ class EvalConfig:
                           "sent) or norm1000 (a 0-1000 grid, e.g. Qwen3-VL). A local checkpoint's family decides."},
     )
     concurrency: int = field(default=16, metadata={"help": "Questions (dialogs) in flight at once."})
+    timeout_s: float = field(
+        default=_RUNTIME.timeout_s,
+        metadata={"help": "Seconds before a request with no reply is cancelled (and retried, as a timeout)."},
+    )
+    max_retries: int = field(
+        default=_RUNTIME.max_retries,
+        metadata={"help": "Retries per request on rate limits, timeouts, 5xx and dropped connections."},
+    )
+    max_failure_rate: float = field(
+        default=0.0,
+        metadata={"help": "Share of samples that may fail (request refused for good, or malformed replies) with the "
+                          "run still succeeding; failed samples score 0 either way and a rerun asks them again."},
+    )
 
     def __post_init__(self) -> None:
         problems = []
@@ -148,6 +184,8 @@ class EvalConfig:
             problems.append(f"limit={self.limit} (need >= 1, or unset for all)")
         if self.concurrency < 1:
             problems.append(f"concurrency={self.concurrency} (need >= 1)")
+        if not 0.0 <= self.max_failure_rate <= 1.0:
+            problems.append(f"max_failure_rate={self.max_failure_rate} (need 0 <= rate <= 1)")
         if self.backend not in LOCAL_BACKENDS + API_BACKENDS:
             problems.append(f"backend={self.backend!r} (choose one of {', '.join(LOCAL_BACKENDS + API_BACKENDS)})")
         if self.max_pixels is not None and self.backend in LOCAL_BACKENDS:
@@ -158,8 +196,9 @@ class EvalConfig:
             problems.append("frame is for API backends; a local checkpoint's family decides its frame")
         if problems:
             raise ConfigError("invalid eval settings: " + "; ".join(problems))
-        # Sampling settings are checked where they are used, once, by SamplingParams.
+        # Sampling and runtime settings are checked where they are used, once, by their own classes.
         self.sampling(1, None)
+        self.runtime()
 
     @property
     def task_spec(self) -> TaskSpec:
@@ -168,6 +207,10 @@ class EvalConfig:
     def sampling(self, n: int, seed: int | None) -> SamplingParams:
         return SamplingParams(n=n, temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens,
                               seed=seed)
+
+    def runtime(self) -> RuntimeConfig:
+        """The client's timeout and retry policy (its other limits keep their defaults)."""
+        return RuntimeConfig(timeout_s=self.timeout_s, max_retries=self.max_retries)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -212,9 +255,20 @@ class Turn:
     prefill: str = ""
 
 
+def fails_sample(error: TeacherError) -> bool:
+    """Whether a failed request fails only its own sample rather than the run: the server refused this prompt for
+    good (a 400 such as a prompt over the context length: sent again, it fails again), or its replies stayed
+    malformed through the client's retries. Auth and routing refusals (:data:`_ENDPOINT_STATUSES`) would fail every
+    request, and transient errors (timeouts, 429, 5xx) deserve a rerun, so those stop the run."""
+    if isinstance(error, TeacherFormatError):
+        return True
+    return isinstance(error, TeacherRejected) and error.status not in _ENDPOINT_STATUSES
+
+
 @dataclass
 class Dialog:
-    """One sample: its turns, the zoom crops served (pixel-frame points), and how it ended."""
+    """One sample: its turns, the zoom crops served (pixel-frame points), and how it ended (``error``: the request
+    that failed it, see :func:`fails_sample`; the turns before it are kept)."""
 
     geometry: ImageGeometry
     frame: Frame
@@ -223,10 +277,11 @@ class Dialog:
     zooms: list[Point] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
     forced: bool = False
+    error: TeacherError | None = None
 
     @property
     def answer(self) -> str | None:
-        return self.turns[-1].parsed.answer
+        return self.turns[-1].parsed.answer if self.turns else None
 
     def pixel_steps(self) -> list[Step]:
         """Every grounded step of every turn, converted to the pixel frame."""
@@ -281,7 +336,12 @@ class Student:
         """``n`` one-completion samples from one request."""
         chat = self.prompt(sample, canvas)
         geometry = self._geometry(canvas, chat[1].images[0])
-        completions = await self.client.generate(chat, self.config.sampling(n, seed))
+        try:
+            completions = await self.client.generate(chat, self.config.sampling(n, seed))
+        except TeacherError as e:
+            if not fails_sample(e):
+                raise
+            return [Dialog(geometry, self.view.frame, error=e) for _ in range(n)]
         return [
             Dialog(geometry, self.view.frame, [Turn(c.text, c.finish_reason, self._parse(c.text, geometry, "single"))])
             for c in completions
@@ -306,7 +366,13 @@ class Student:
                 request = [*chat, Message("user", (prompts.student_force_answer(),))]
             else:
                 request = chat
-            (completion,) = await self.client.generate(request, self.config.sampling(1, seed + turn))
+            try:
+                (completion,) = await self.client.generate(request, self.config.sampling(1, seed + turn))
+            except TeacherError as e:
+                if not fails_sample(e):
+                    raise
+                dialog.error = e  # e.g. the dialog outgrew the server's context: its turns so far are kept
+                break
             text = prefill + completion.text
             parsed = self._parse(text, geometry, "turn")
             dialog.turns.append(Turn(text, completion.finish_reason, parsed, prefill))
@@ -366,6 +432,7 @@ def _record(sample: Sample, k: int, dialog: Dialog, score: float, mode: str) -> 
         "forced": dialog.forced,
         "answer": dialog.answer,
         "score": score,
+        "error": {"kind": dialog.error.kind, "message": str(dialog.error)} if dialog.error is not None else None,
     }
 
 
@@ -409,7 +476,11 @@ def _check_protocol(out_dir: Path, current: dict[str, Any]) -> None:
     if not path.exists():
         write_atomic(path, json.dumps(current, indent=2, sort_keys=True) + "\n")
         return
-    saved = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"not valid JSON ({e}); remove it to start this folder over, or use another --out",
+                        path=path) from None
     changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
     if changed:
         raise ConfigError(
@@ -437,13 +508,23 @@ def summarize(task: Task, samples: Iterable[Sample], records: Iterable[dict[str,
     return {f"avg@{k}": avg, f"pass@{k}": passed, "questions": len(complete)}
 
 
+def _latest_records(path: Path) -> list[dict[str, Any]]:
+    """The last record of each (question, sample) in ``samples.jsonl``: a failed sample asked again by a later run
+    is superseded by its new record."""
+    return list({(r["question_id"], r["k"]): r for r in read_records(path)}.values())
+
+
 def _counts(records: list[dict[str, Any]]) -> dict[str, Any]:
     problems = Counter(code for r in records for t in r["turns"] for code in set(t["problems"]))
+    errors = Counter(r["error"]["kind"] for r in records if r.get("error"))
     return {
         "samples": len(records),
+        "failed": sum(errors.values()),
+        "errors": dict(sorted(errors.items())),
         "answered": sum(r["answer"] is not None for r in records),
-        "well_formed": sum(not any(t["problems"] for t in r["turns"]) for r in records),
-        "truncated": sum(r["turns"][-1]["finish_reason"] == "length" for r in records),
+        "well_formed": sum(bool(r["turns"]) and not r.get("error") and not any(t["problems"] for t in r["turns"])
+                           for r in records),
+        "truncated": sum(bool(r["turns"]) and r["turns"][-1]["finish_reason"] == "length" for r in records),
         "forced_answers": sum(r["forced"] for r in records),
         "zooms": sum(len(r["zooms"]) for r in records),
         "refused_zooms": sum(r["refused_zooms"] for r in records),
@@ -460,6 +541,12 @@ def _markdown(summary: dict[str, Any], k: int) -> str:
         f"{p['mode']}-turn, K={k}, temperature {p['decoding']['temperature']}, top_p {p['decoding']['top_p']}, "
         f"seed {p['seed']}, prompt v{p['prompt_version']}, {summary['metrics']['questions']} questions.",
         "",
+    ]
+    counts = summary["counts"]
+    if counts["failed"]:
+        kinds = ", ".join(f"{kind} {n}" for kind, n in counts["errors"].items())
+        lines += [f"{counts['failed']} of {counts['samples']} samples failed ({kinds}) and score 0.", ""]
+    lines += [
         f"| category | avg@{k} (%) | pass@{k} (%) |",
         "|---|---:|---:|",
     ]
@@ -493,12 +580,21 @@ def chat_template_for(config: EvalConfig) -> str | None:
 
 
 def make_client(config: EvalConfig) -> TeacherClient:
-    """The client of ``config.backend``: a local checkpoint with our chat template (:func:`chat_template_for`);
-    an API backend sending images resized to ``config.max_pixels`` if set."""
+    """The client of ``config.backend`` under ``config``'s timeout and retries: a local checkpoint with our chat
+    template (:func:`chat_template_for`); an API backend sending images resized to ``config.max_pixels`` if set."""
     template = chat_template_for(config)
     options = {"chat_template": template} if template is not None else {}
     resize = Resize(max_pixels=config.max_pixels) if config.max_pixels is not None else None
-    return build_client(config.backend, config.model, config.base_urls, resize=resize, **options)
+    return build_client(config.backend, config.model, config.base_urls, config=config.runtime(), resize=resize,
+                        **options)
+
+
+class TooManyFailures(TraceForgeError):
+    """More samples failed than ``max_failure_rate`` allows; the summary was written all the same."""
+
+    def __init__(self, message: str, summary: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.summary = summary
 
 
 def evaluate(
@@ -509,6 +605,8 @@ def evaluate(
     on_record: Callable[[dict[str, Any], int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``config.model`` on ``config.task``, resuming from ``out_dir/samples.jsonl`` if present.
+
+    Samples recorded as failed (:func:`fails_sample`) by an earlier run are asked again.
 
     Args:
         config: what to evaluate and how.
@@ -521,10 +619,23 @@ def evaluate(
         The summary written to ``summary.json``.
 
     Raises:
-        ConfigError: bad settings, or ``out_dir`` holds an evaluation under another protocol.
-        TeacherError: a request failed for good; finished samples are kept, rerun to resume.
+        ConfigError: bad settings, ``out_dir`` holds an evaluation under another protocol, or another process is
+            writing it.
+        TooManyFailures: more than ``config.max_failure_rate`` of the samples failed (after writing the summary).
+        TeacherError: a request failed in a way that stops the run; finished samples are kept, rerun to resume.
+        StorageError: ``samples.jsonl`` or the summary could not be written (e.g. a full disk).
     """
     out = Path(out_dir)
+    with OutputLock(out, "eval"):  # a second eval in the same folder would pay twice and mix records
+        return _evaluate(config, out, client, on_record)
+
+
+def _evaluate(
+    config: EvalConfig,
+    out: Path,
+    client: TeacherClient | None,
+    on_record: Callable[[dict[str, Any], int, int], None] | None,
+) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     task = config.task_spec.build()
     samples = list(task.load(data_dir=config.data_dir, split=config.split, limit=config.limit))
@@ -535,22 +646,30 @@ def evaluate(
     _check_protocol(out, current)
 
     path = out / SAMPLES_FILE
-    done = {(r["question_id"], r["k"]) for r in read_records(path, repair=True)}
+    done = {(r["question_id"], r["k"]) for r in read_records(path, repair=True) if not r.get("error")}
     todo = [(s, [k for k in range(config.samples) if (s.id, k) not in done]) for s in samples]
     todo = [(s, ks) for s, ks in todo if ks]
     total = len(samples) * config.samples
     logger.info("%s: %d of %d samples already done", config.task, total - sum(len(ks) for _, ks in todo), total)
     asyncio.run(_run(config, task, view, client, todo, path, total, on_record))
 
-    records = list(read_records(path))
+    ids = {s.id for s in samples}
+    records = [r for r in _latest_records(path) if r["question_id"] in ids]
     summary = {
         "task": config.task,
         "metrics": summarize(task, samples, records, config.samples),
-        "counts": _counts([r for r in records if r["question_id"] in {s.id for s in samples}]),
+        "counts": _counts(records),
         "protocol": current,
     }
     write_atomic(out / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     write_atomic(out / SUMMARY_MD, _markdown(summary, config.samples))
+    failed, n = summary["counts"]["failed"], summary["counts"]["samples"]
+    if failed > config.max_failure_rate * n:
+        kinds = ", ".join(f"{kind} {count}" for kind, count in summary["counts"]["errors"].items())
+        raise TooManyFailures(
+            f"{failed} of {n} samples failed ({kinds}; their errors are in {path}), more than --max-failure-rate "
+            f"{config.max_failure_rate:g} allows; {out / SUMMARY_FILE} scores them 0, and a rerun with the same "
+            "settings asks them again", summary)
     return summary
 
 
@@ -573,8 +692,11 @@ async def _run(
 
     def finish(sample: Sample, k: int, dialog: Dialog) -> None:
         nonlocal done
+        # A failed sample has no answer: scored as the official scripts score a reply in the wrong format.
         score = score_answer(task, sample, dialog.answer, dialog.geometry, dialog.frame).score
         record = _record(sample, k, dialog, score, mode)
+        if dialog.error is not None:
+            logger.warning("question %s sample %d failed: %s", sample.id, k, dialog.error)
         append_record(path, record)
         done += 1
         if on_record is not None:

@@ -4,12 +4,14 @@ per output folder.
 Every stage writes through these: the search's ``trees.jsonl``, evaluation's ``samples.jsonl``, and each
 ``run.json``, summary and dataset card.
 
-- :func:`append_record` writes one JSON line with a single ``write``, then ``flush`` and ``fsync``: a process killed
-  mid-write leaves at most one torn last line, which :func:`read_records` detects, reports and (with ``repair``)
-  cuts off, so the next append starts on a clean line.
+- :func:`append_record` writes one JSON line with a single ``write``, then ``fsync``: a process killed mid-write
+  leaves at most one torn last line, which :func:`read_records` detects, reports and (with ``repair``) cuts off, so
+  the next append starts on a clean line. A write that fails (a full disk) cuts the file back to where it was.
 - :func:`write_atomic` writes a temporary sibling, fsyncs it and renames it over the target: a reader sees the old
   file or the new one, never half of one; a failed write removes its temporary file.
 - :class:`OutputLock` claims an output folder for one process: a second one is refused at once.
+
+A write that fails raises :class:`~trace_forge.errors.StorageError` naming the file (one line, exit 1).
 """
 
 from __future__ import annotations
@@ -20,23 +22,55 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from trace_forge.errors import ConfigError, DataError
+from trace_forge.errors import ConfigError, DataError, StorageError
 
 __all__ = ["OutputLock", "append_record", "check_version", "read_records", "write_atomic", "write_json"]
 
 log = logging.getLogger(__name__)
 
 
+@contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """An OSError of the block (ENOSPC, EDQUOT, EROFS, ...) as a :class:`StorageError` naming ``path``."""
+    try:
+        yield
+    except OSError as e:
+        raise StorageError(path, e) from e
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def append_record(path: Path, record: dict[str, Any]) -> None:
-    """Append one JSON record durably: a single write, flush and fsync (a kill can tear at most this line)."""
+    """Append one JSON record durably: one write and an fsync (a kill can tear at most this line).
+
+    Raises:
+        StorageError: the line could not be written whole; the file is cut back to its previous end, so no
+            partial line remains (should the cut fail too, :func:`read_records` drops the torn line).
+    """
     line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
-    with open(path, "ab") as f:
-        f.write(line)
-        f.flush()
-        os.fsync(f.fileno())
+    with _writing(path):
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            end = os.fstat(fd).st_size
+            try:
+                _write_all(fd, line)
+                os.fsync(fd)
+            except OSError:
+                try:
+                    os.ftruncate(fd, end)
+                except OSError:
+                    log.warning("%s: could not cut a partial line; the next read drops it", path)
+                raise
+        finally:
+            os.close(fd)
 
 
 def read_records(path: Path, *, repair: bool = False) -> Iterator[dict[str, Any]]:
@@ -99,20 +133,25 @@ def write_atomic(path: Path, data: str | bytes) -> None:
 
     The temporary file has a name of its own, so concurrent writers of one path (two questions storing the same
     image) each rename a complete file.
+
+    Raises:
+        StorageError: the write failed; ``path`` is untouched and the temporary file removed.
     """
     path = Path(path)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(name)
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide run records and cards from the rest of a team
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with _writing(path):
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        tmp = Path(name)
+        try:
+            try:
+                os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide run records and cards from the rest of a team
+                _write_all(fd, data.encode("utf-8") if isinstance(data, str) else data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def write_json(path: Path, value: Any) -> None:

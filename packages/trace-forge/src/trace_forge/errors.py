@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["TraceForgeError", "DataError", "ConfigError"]
+import errno
+
+__all__ = ["TraceForgeError", "DataError", "ConfigError", "StorageError"]
 
 
 class TraceForgeError(Exception):
@@ -29,3 +31,16 @@ class ConfigError(TraceForgeError):
     """Invalid options or settings; the message says which and how to fix it."""
 
     exit_code = 2
+
+
+class StorageError(TraceForgeError):
+    """A durable write failed (a full disk, a quota, a read-only folder): names the file; what was already
+    complete is kept, and nothing half-written is left for a resume to trust."""
+
+    def __init__(self, path: object, error: OSError) -> None:
+        reason = error.strerror or str(error)
+        hint = ("free some space, then rerun the same command: finished work is kept"
+                if error.errno in (errno.ENOSPC, errno.EDQUOT) else "fix the folder, then rerun the same command")
+        super().__init__(f"{path}: cannot write ({reason}); {hint}")
+        self.path = path
+        self.errno = error.errno

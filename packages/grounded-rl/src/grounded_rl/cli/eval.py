@@ -82,20 +82,29 @@ def eval_command(
     max_pixels: Annotated[int | None, typer.Option(help=_eval_help("max_pixels"))] = _EVAL_DEFAULT["max_pixels"],
     frame: Annotated[str, typer.Option(help=_eval_help("frame"))] = _EVAL_DEFAULT["frame"],
     concurrency: Annotated[int, typer.Option(help=_eval_help("concurrency"))] = _EVAL_DEFAULT["concurrency"],
+    timeout: Annotated[float, typer.Option("--timeout", min=0.1, help=_eval_help("timeout_s"))] = _EVAL_DEFAULT[
+        "timeout_s"],
+    max_retries: Annotated[int, typer.Option(min=0, help=_eval_help("max_retries"))] = _EVAL_DEFAULT["max_retries"],
+    max_failure_rate: Annotated[float, typer.Option(min=0.0, max=1.0, help=_eval_help("max_failure_rate"))] = (
+        _EVAL_DEFAULT["max_failure_rate"]),
 ) -> None:
     """Evaluate a model on a benchmark with the official verifier; writes samples.jsonl, summary.json/.md.
 
-    A killed run resumes from its finished samples when rerun with the same settings.
+    A killed run resumes from its finished samples when rerun with the same settings. A sample whose request the
+    server refuses for good (e.g. a prompt over its context length) or whose replies stay malformed is recorded
+    with its error and scored 0; exit 1 when more than --max-failure-rate of the samples failed.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from grounded_rl.eval import evaluate
+    from grounded_rl.eval import TooManyFailures, evaluate
     from trace_forge.tasks import parse_task_options
 
     config = EvalConfig(
-        task=task, model=model, data_dir=data_dir, task_options=parse_task_options(option or []), split=split, limit=limit, multi_turn=multi_turn, samples=samples,
-        temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed, max_images=max_images,
-        backend=backend, base_urls=list(base_url or []), max_pixels=max_pixels, frame=frame, concurrency=concurrency,
+        task=task, model=model, data_dir=data_dir, task_options=parse_task_options(option or []), split=split,
+        limit=limit, multi_turn=multi_turn, samples=samples, temperature=temperature, top_p=top_p,
+        max_tokens=max_tokens, seed=seed, max_images=max_images, backend=backend, base_urls=list(base_url or []),
+        max_pixels=max_pixels, frame=frame, concurrency=concurrency, timeout_s=timeout, max_retries=max_retries,
+        max_failure_rate=max_failure_rate,
     )
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("acc {task.fields[acc]}"),
                TimeRemainingColumn())
@@ -107,15 +116,21 @@ def eval_command(
             scores.append(record["score"])
             progress.update(bar, completed=done, total=total, acc=f"{100 * sum(scores) / len(scores):.1f}%")
 
-        summary = evaluate(config, out, on_record=on_record)
+        try:
+            summary = evaluate(config, out, on_record=on_record)
+        except TooManyFailures as e:
+            progress.stop()
+            console.print(_table(e.summary, samples))
+            raise
     console.print(_table(summary, samples))
     typer.echo(f"wrote {out / 'summary.json'}")
 
 
 def _table(summary: dict[str, Any], k: int) -> Table:
     counts = summary["counts"]
+    failed = f", {counts['failed']} failed" if counts.get("failed") else ""
     table = Table(title=f"{summary['task']}: {summary['metrics']['questions']} questions, "
-                        f"{counts['answered']}/{counts['samples']} samples answered")
+                        f"{counts['answered']}/{counts['samples']} samples answered{failed}")
     table.add_column("category")
     table.add_column(f"avg@{k} (%)", justify="right")
     table.add_column(f"pass@{k} (%)", justify="right")
@@ -155,7 +170,7 @@ def demo_command(
     frame: Annotated[str, typer.Option(help=_demo_help("frame"))] = _DEMO_DEFAULT["frame"],
 ) -> None:
     """Run a model on one image and draw its trajectory: numbered points, step texts, zoom crops."""
-    from grounded_rl.demo import run_demo
+    from grounded_rl.demo import no_answer, run_demo
 
     config = DemoConfig(
         model=model, image=str(image), query=query, out=str(out), task_kind=task_kind, options=list(choice or []),
@@ -166,5 +181,7 @@ def demo_command(
     for i, turn in enumerate(dialog.turns, 1):
         console.print(f"[bold]turn {i}[/]", highlight=False)
         console.print(turn.text, markup=False, highlight=False)
-    typer.echo(f"answer: {dialog.answer}")
+    typer.echo(f"answer: {dialog.answer if dialog.answer is not None else no_answer(dialog)}")
     typer.echo(f"wrote {path}")
+    if dialog.error is not None:
+        raise typer.Exit(1)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import sqlite3
 import sys
 from typing import Annotated
 
@@ -11,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from trace_forge.errors import TraceForgeError
+from trace_forge.errors import StorageError, TraceForgeError
 
 app = typer.Typer(
     name="trace-forge",
@@ -51,7 +53,8 @@ def _root(version: Annotated[bool, version_option(_trace_forge_version)] = False
 def run(typer_app: typer.Typer) -> None:
     """Run a typer app: a known error becomes one red line and its exit code (``TRACE_FORGE_DEBUG=1`` re-raises).
 
-    Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad input data, 130 interrupted.
+    Exit codes: 0 success, 1 runtime failure (a server, a full disk), 2 bad usage or bad input data, 130
+    interrupted. A full disk met outside trace-forge's own writes (parquet, the SQLite cache) is one line too.
     """
     # The CLI draws its own progress; datasets' per-operation bars would interleave with it.
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
@@ -61,11 +64,12 @@ def run(typer_app: typer.Typer) -> None:
     )
     try:
         typer_app()
-    except TraceForgeError as e:
-        if os.environ.get("TRACE_FORGE_DEBUG"):
+    except (TraceForgeError, OSError, sqlite3.OperationalError) as e:
+        error = _known(e)
+        if error is None or os.environ.get("TRACE_FORGE_DEBUG"):
             raise
-        _error(str(e))
-        sys.exit(e.exit_code)
+        _error(str(error))
+        sys.exit(error.exit_code)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
         sys.exit(130)
@@ -75,6 +79,17 @@ def _error(message: str) -> None:
     """One red line whatever the terminal width or the wrapped library's message (soft_wrap, newlines folded), so
     a long path stays whole for a reader and for grep."""
     console.print(f"[bold red]error:[/] {escape(' '.join(message.split()))}", highlight=False, soft_wrap=True)
+
+
+def _known(error: Exception) -> TraceForgeError | None:
+    """The error as one of ours, when it is one or is a full disk; None for anything else (a bug: a traceback)."""
+    if isinstance(error, TraceForgeError):
+        return error
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageError(error.filename or "a file", error)
+    if getattr(error, "sqlite_errorname", None) == "SQLITE_FULL":
+        return StorageError("an SQLite database (the teacher cache)", OSError(errno.ENOSPC, "database or disk is full"))
+    return None
 
 
 @app.command()

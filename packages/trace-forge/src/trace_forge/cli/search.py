@@ -82,6 +82,9 @@ def search(
     ] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Search at most this many questions.")] = None,
     shard: Annotated[str | None, typer.Option(help="I/N: search only questions i with i % N == I.")] = None,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help=(
+        "Skip and count bad benchmark records (unreadable or oversized images, duplicate ids, boxes off the image, "
+        "...) instead of stopping at the first."))] = False,
     simulations: Annotated[int, flag(SearchConfig, "simulations", min=1)] = default(SearchConfig, "simulations"),
     children: Annotated[int, flag(SearchConfig, "children", min=1)] = default(SearchConfig, "children"),
     rollouts: Annotated[int, flag(SearchConfig, "rollouts", min=1)] = default(SearchConfig, "rollouts"),
@@ -126,8 +129,10 @@ def search(
     """Mine grounded reasoning trees for a task's questions with MCTS over a teacher VLM.
 
     Each finished question is appended to OUT/trees.jsonl at once (a kill loses at most the questions in flight);
-    teacher replies are cached in OUT/cache.sqlite, so --resume pays nothing twice. At the end the trees are
-    linearized into a Hugging Face dataset under OUT/dataset-single (see `trace-forge linearize` for multi-turn).
+    teacher replies are cached in OUT/cache.sqlite, so --resume pays again only for the requests in flight at the
+    kill. A question with no usable reply is recorded in OUT/errors.jsonl and searched again by --resume. At the end
+    the trees are linearized into a Hugging Face dataset under OUT/dataset-single (see `trace-forge linearize` for
+    multi-turn).
     """
     from trace_forge import __version__
     from trace_forge.durable import OutputLock
@@ -157,7 +162,11 @@ def search(
             raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
         spec = TaskSpec(task, parse_task_options(option or []))
         task_obj = spec.build()
-        samples = list(task_obj.load(data_dir, split=split, limit=limit))
+        samples = list(task_obj.load(data_dir, split=split, limit=limit, skip_bad=skip_bad))
+        if task_obj.skipped:
+            reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(task_obj.skipped.items()))
+            console.print(f"[yellow]skipped {sum(task_obj.skipped.values())} bad record(s)[/] ({escape(reasons)})",
+                          highlight=False)
         if shard_in is not None:
             samples = [s for i, s in enumerate(samples) if i % shard_in[1] == shard_in[0]]
         if not samples:

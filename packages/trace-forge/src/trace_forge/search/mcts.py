@@ -42,7 +42,15 @@ from trace_forge.tasks.scoring import official_point
 from trace_forge.teachers import Completion, ImageRef, Message, SamplingParams, TeacherClient
 from trace_forge.teachers.errors import TeacherError, TeacherFormatError
 
-__all__ = ["SearchConfig", "QuestionSearch", "SearchResult", "RunSummary", "question_record", "run_search"]
+__all__ = [
+    "SearchConfig",
+    "QuestionSearch",
+    "SearchResult",
+    "NoUsableReply",
+    "RunSummary",
+    "question_record",
+    "run_search",
+]
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +110,7 @@ class QuestionStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     dead: int = 0  # samples that were neither a one-point step nor an answer
+    malformed: int = 0  # requests whose replies stayed malformed through the client's retries (their samples: dead)
     dropped_repeats: int = 0  # children whose point repeated their path or a sibling
     expand_retries: int = 0  # expansions asked again because the previous reply added no child
     simulations: int = 0
@@ -123,6 +132,16 @@ class SearchResult:
     def correct(self) -> int:
         """Correct trajectories that linearization turns into chains (see :func:`makes_chain`)."""
         return correct_trajectories(self.tree)
+
+    @property
+    def usable(self) -> bool:
+        """Whether the teacher gave any usable sample (a step or an answer): the root has a child."""
+        return bool(self.tree.root.children)
+
+
+class NoUsableReply(TraceForgeError):
+    """The teacher gave no usable sample for a question (every reply malformed, or no step or answer in any), or
+    none for any question of a run."""
 
 
 @dataclass
@@ -283,8 +302,10 @@ class QuestionSearch:
         try:
             comps = await self.client.generate([self.system, Message("user", tuple(user))], params)
         except TeacherFormatError:
-            # A malformed reply is a dead node, not a failed question: the search goes on without it.
+            # A malformed reply is a dead node, not a failed question: the search goes on without it (a question
+            # that gets nothing else fails in run_search).
             self.stats.dead += n
+            self.stats.malformed += 1
             return [Completion("", "error")] * n
         s = self.stats
         fresh = [c for c in comps if not c.cached]
@@ -389,8 +410,9 @@ async def run_search(
 ) -> RunSummary:
     """Search every sample not already in ``store``, many questions at once, appending each finished tree.
 
-    A question that raises (teacher gave up, unreadable image, an unexpected bug) is recorded in ``errors.jsonl``
-    with the error's type and message and counted as failed; the others go on.
+    A question that raises (teacher gave up, unreadable image, an unexpected bug) or whose search got no usable
+    sample from the teacher (:class:`NoUsableReply`) is recorded in ``errors.jsonl`` with the error's type and
+    message and counted as failed, not finished, so a resumed run searches it again; the others go on.
 
     Args:
         samples: questions to search (already sharded/limited by the caller).
@@ -407,49 +429,71 @@ async def run_search(
 
     Returns:
         counts of this call's work.
+
+    Raises:
+        NoUsableReply: questions were attempted and the teacher gave a usable sample for none of them.
+        TeacherError: the teacher refused our credentials (401/403).
+        StorageError: a finished question could not be stored (a full disk); what was stored is kept.
+        TraceForgeError: more than ``max_failure_rate`` of the questions failed.
     """
     finished = store.finished()
     summary = RunSummary()
     if questions_in_flight is None:
         questions_in_flight = max(4, client.config.concurrency)
     queue: asyncio.Queue[Sample | None] = asyncio.Queue(maxsize=2 * questions_in_flight)
-    abort: list[TraceForgeError] = []
+    abort: list[Exception] = []  # why the run stops early; a worker that dies would leave the queue blocked
+    teacher_failures: list[Exception] = []  # the teacher's fault: it gave up, refused, or gave nothing usable
+
+    def fail(sample: Sample, e: Exception) -> None:
+        if isinstance(e, TeacherError | NoUsableReply):
+            teacher_failures.append(e)
+        if isinstance(e, TeacherError) and not getattr(e, "retryable", True) and e.status in (401, 403):
+            abort.append(e)  # bad credentials fail every question: stop at once
+        log.warning("question %s failed: %s: %s", sample.id, type(e).__name__, e)
+        log.debug("question %s: traceback", sample.id, exc_info=True)
+        store.append_error({"question_id": sample.id, "error": type(e).__name__, "message": str(e)})
+        summary.failed += 1
+        summary.failures.append(sample.id)
+        attempted = summary.done + summary.failed
+        if attempted >= 10 and summary.failed / attempted > max_failure_rate:
+            abort.append(
+                TraceForgeError(
+                    f"{summary.failed} of {attempted} questions failed (last: {e}); stopping the run. "
+                    "Check the teacher server; --resume continues where this stopped."
+                )
+            )
+
+    async def search_one(sample: Sample) -> None:
+        try:
+            # Built in a thread: decoding and encoding a large image takes seconds, which would stall
+            # every other question's requests on the event loop.
+            search = await asyncio.to_thread(QuestionSearch, sample, task, client, config)
+            result = await search.run()
+            if not result.usable:
+                s = result.stats
+                raise NoUsableReply(f"no usable sample from the teacher ({s.malformed} request(s) with malformed "
+                                    f"replies; {s.dead} sample(s) in all neither a one-point step nor an answer)")
+        except Exception as e:  # one bad question (an odd image, a bug) must not sink the others
+            fail(sample, e)
+            if on_done:
+                on_done(sample, None)
+            return
+        # Hashing the images and the fsync stay off the event loop, where other questions' requests wait.
+        record = await asyncio.to_thread(question_record, sample, task, result, client, store, data_dir)
+        await asyncio.to_thread(store.append, record)
+        summary.done += 1
+        summary.solved += result.correct > 0
+        if on_done:
+            on_done(sample, result)
 
     async def worker() -> None:
         while (sample := await queue.get()) is not None:
             if abort:
                 continue
             try:
-                # Built in a thread: decoding and encoding a large image takes seconds, which would stall
-                # every other question's requests on the event loop.
-                search = await asyncio.to_thread(QuestionSearch, sample, task, client, config)
-                result = await search.run()
-            except Exception as e:  # one bad question (an odd image, a bug) must not sink the others
-                if isinstance(e, TeacherError) and not getattr(e, "retryable", True) and e.status in (401, 403):
-                    abort.append(e)  # bad credentials fail every question: stop at once
-                log.warning("question %s failed: %s: %s", sample.id, type(e).__name__, e)
-                log.debug("question %s: traceback", sample.id, exc_info=True)
-                store.append_error({"question_id": sample.id, "error": type(e).__name__, "message": str(e)})
-                summary.failed += 1
-                summary.failures.append(sample.id)
-                attempted = summary.done + summary.failed
-                if attempted >= 10 and summary.failed / attempted > max_failure_rate:
-                    abort.append(
-                        TraceForgeError(
-                            f"{summary.failed} of {attempted} questions failed (last: {e}); stopping the run. "
-                            "Check the teacher server; --resume continues where this stopped."
-                        )
-                    )
-                if on_done:
-                    on_done(sample, None)
-                continue
-            # Hashing the images and the fsync stay off the event loop, where other questions' requests wait.
-            record = await asyncio.to_thread(question_record, sample, task, result, client, store, data_dir)
-            await asyncio.to_thread(store.append, record)
-            summary.done += 1
-            summary.solved += result.correct > 0
-            if on_done:
-                on_done(sample, result)
+                await search_one(sample)
+            except Exception as e:  # storing failed (a full disk) or a bug: stop, keeping what is stored
+                abort.append(e)
 
     workers = [asyncio.create_task(worker()) for _ in range(questions_in_flight)]
     try:
@@ -465,6 +509,12 @@ async def run_search(
         for _ in workers:
             await queue.put(None)
         await asyncio.gather(*workers)
+    if abort and isinstance(abort[0], TeacherError):
+        raise abort[0]
+    if summary.failed and not summary.done and len(teacher_failures) == summary.failed:
+        raise NoUsableReply(
+            f"the teacher gave no usable reply in this run: all {summary.failed} question(s) attempted failed (last: "
+            f"{teacher_failures[-1]}); see {store.errors_path}, and check --model, --base-url and the server's log")
     if abort:
         raise abort[0]
     return summary

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import re
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,9 +23,12 @@ from trace_forge.errors import ConfigError
 from trace_forge.grounding import Point
 from trace_forge.grounding.zoom import VISUAL_SEARCH_ZOOM, ZoomSpec
 from trace_forge.tasks import scoring
+from trace_forge.tasks.io import RecordError, SkipPolicy, canvas_size
 from trace_forge.tasks.sample import AnswerKind, Sample
 
-__all__ = ["Task", "TaskSpec", "register", "get_task", "parse_task_options", "task_names", "task_options"]
+__all__ = [
+    "Task", "TaskSpec", "register", "get_task", "parse_task_options", "task_names", "task_options", "checked_samples",
+]
 
 _REGISTRY: dict[str, type[Task]] = {}
 
@@ -91,7 +96,6 @@ class Task(ABC):
         """The name and options that rebuild this task."""
         return TaskSpec(self.name, dict(self.options))
 
-    @abstractmethod
     def load(
         self,
         data_dir: str | Path | None = None,
@@ -99,10 +103,22 @@ class Task(ABC):
         limit: int | None = None,
         skip_bad: bool = False,
     ) -> Iterator[Sample]:
-        """Yield normalised samples from ``data_dir`` (official on-disk layout) or the Hub id.
+        """Yield normalised samples from ``data_dir`` (official on-disk layout) or the Hub id: the first ``limit``.
 
-        Bad input raises :class:`~trace_forge.errors.DataError` naming the file and line, unless ``skip_bad``,
-        in which case the bad record is skipped and counted in :attr:`skipped`.
+        Every sample is checked on its way out (:func:`checked_samples`: a unique id, target boxes inside the
+        image). Bad input raises :class:`~trace_forge.errors.DataError` naming the file and line, unless
+        ``skip_bad``, in which case the bad record is skipped and counted in :attr:`skipped` by reason.
+        """
+        self.skipped.clear()
+        policy = SkipPolicy(skip_bad, self.skipped)
+        return islice(checked_samples(self.read(data_dir, split, policy), policy), limit)
+
+    @abstractmethod
+    def read(self, data_dir: str | Path | None, split: str | None, policy: SkipPolicy) -> Iterable[Sample]:
+        """The samples of ``data_dir`` (official on-disk layout) or the Hub id, in the benchmark's order, lazily.
+
+        Errors about a whole file raise; a bad record raises a :class:`~trace_forge.tasks.io.RecordError`, which
+        the reader routes through ``policy`` (see :meth:`SkipPolicy.convert`). :meth:`load` checks and limits them.
         """
 
     def resolve_split(self, split: str | None) -> str:
@@ -140,6 +156,46 @@ class Task(ABC):
     @abstractmethod
     def aggregate(self, results: Sequence[tuple[Sample, float]]) -> dict[str, float]:
         """Official metrics over scored samples: ``{"overall": ..., "<category>": ..., ...}``."""
+
+
+def checked_samples(samples: Iterable[Sample], policy: SkipPolicy) -> Iterator[Sample]:
+    """``samples`` with the checks every benchmark needs, each failure a :class:`RecordError` through ``policy``:
+
+    - ids are unique: a second question under one id would be searched and paid for, then shadow the first in
+      every later stage (its tree could be drawn under the other's question);
+    - every target box is finite, has a positive area, and overlaps the image (the canvas, for several images):
+      a point question whose box lies elsewhere can never be answered right.
+    """
+    seen: dict[str, str] = {}
+    for sample in samples:
+        try:
+            if sample.id in seen:
+                raise RecordError(f"duplicate question id {sample.id!r} (first at {seen[sample.id]}); ids must be "
+                                  "unique", reason="duplicate id", path=sample.source or None)
+            _check_boxes(sample)
+        except RecordError as e:
+            policy(e)
+            continue
+        seen[sample.id] = sample.source or "an earlier record"
+        yield sample
+
+
+def _check_boxes(sample: Sample) -> None:
+    if not sample.target_boxes:
+        return
+    width, height = canvas_size(sample.images)
+    for box in sample.target_boxes:
+        corners = box.to_list()
+        if not all(math.isfinite(v) for v in corners):
+            problem, reason = "is not finite", "box not finite"
+        elif box.area <= 0:
+            problem, reason = "has no area", "empty box"
+        elif box.x1 >= width or box.y1 >= height or box.x2 <= 0 or box.y2 <= 0:
+            problem, reason = f"lies outside the {width} x {height} image", "box outside the image"
+        else:
+            continue
+        raise RecordError(f"question {sample.id!r}: target box [{', '.join(f'{v:g}' for v in corners)}] (x1, y1, "
+                          f"x2, y2 pixels) {problem}", reason=reason, path=sample.source or None)
 
 
 def register(cls: type[Task]) -> type[Task]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from itertools import chain, islice
+from itertools import chain
 from operator import attrgetter
 from pathlib import Path
 
@@ -62,13 +62,7 @@ class Blink(Task):
         super().__init__(subtasks=subtasks)
         self.subtasks = list(subtasks) if subtasks else None
 
-    def load(
-        self,
-        data_dir: str | Path | None = None,
-        split: str | None = None,
-        limit: int | None = None,
-        skip_bad: bool = False,
-    ) -> Iterator[Sample]:
+    def read(self, data_dir: str | Path | None, split: str | None, policy: SkipPolicy) -> Iterator[Sample]:
         """Read ``split`` (default ``val``) of every subtask folder, in name order.
 
         Raises:
@@ -78,11 +72,9 @@ class Blink(Task):
         split = split or self.default_split
         patterns = [f"{s}/*{split}*" for s in self.subtasks] if self.subtasks else [f"*/*{split}*"]
         root = resolve_root(data_dir, self.hub_id, allow_patterns=patterns)
-        self.skipped.clear()
-        policy = SkipPolicy(skip_bad, self.skipped)
         records = chain.from_iterable(table_records(f, _REQUIRED, policy) for f in self._files(root, split))
         samples = policy.convert(records, self._sample)
-        return islice((s for s in samples if s is not None), limit)
+        return (s for s in samples if s is not None)
 
     def _files(self, root: Path, split: str) -> list[Path]:
         folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields, replace
-from itertools import chain, islice
+from itertools import chain
 from operator import attrgetter
 from pathlib import Path
 from typing import Any
@@ -123,25 +123,17 @@ class GenericTask(Task):
         self.answer_kind = kind
         self.box_format = box_format
 
-    def load(
-        self,
-        data_dir: str | Path | None = None,
-        split: str | None = None,
-        limit: int | None = None,
-        skip_bad: bool = False,
-    ) -> Iterator[Sample]:
+    def read(self, data_dir: str | Path | None, split: str | None, policy: SkipPolicy) -> Iterator[Sample]:
         """Read ``data_dir``: a ``.jsonl`` / ``.json`` / ``.parquet`` file, a folder holding ``<split>`` files, or a
         dataset saved with ``save_to_disk`` (``split`` picks from a ``DatasetDict``)."""
         path = resolve_root(data_dir, self.hub_id)
-        self.skipped.clear()
-        policy = SkipPolicy(skip_bad, self.skipped)
         split = split or self.default_split
         if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
             records = dataset_records(self._load_saved(path, split), path)
         else:
             files = [path] if path.is_file() else find_split_files(path, split)
             records = chain.from_iterable(table_records(f, on_error=policy) for f in files)
-        return islice(policy.convert(self._check_columns(records), self._sample), limit)
+        return policy.convert(self._check_columns(records), self._sample)
 
     @staticmethod
     def _load_saved(path: Path, split: str) -> Iterable[dict[str, Any]]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import string
 from collections.abc import Iterator, Sequence
-from itertools import islice
 from operator import attrgetter
 from pathlib import Path
 from typing import ClassVar
@@ -76,24 +75,16 @@ class _HRBench(Task):
     license_note = "HR-Bench (DreamMr/HR-Bench, licence 'other' on the Hub); see the dataset card for the image sources"
     file_stem: ClassVar[str]
 
-    def load(
-        self,
-        data_dir: str | Path | None = None,
-        split: str | None = None,
-        limit: int | None = None,
-        skip_bad: bool = False,
-    ) -> Iterator[Sample]:
+    def read(self, data_dir: str | Path | None, split: str | None, policy: SkipPolicy) -> Iterator[Sample]:
         """Read ``<file_stem>.parquet`` (else ``.tsv``) in ``data_dir``, or the file ``data_dir`` names.
 
         The whole file is read before the first sample: a row's image may be stored in any other row.
         """
         self.resolve_split(split)
         root = resolve_root(data_dir, self.hub_id, allow_patterns=[f"{self.file_stem}.parquet"])
-        self.skipped.clear()
-        policy = SkipPolicy(skip_bad, self.skipped)
         rows = vlmeval.table_rows(self._file(root), _REQUIRED)
         images = vlmeval.image_cells(rows)
-        return islice(policy.convert(rows, lambda rec: self._sample(rec, images)), limit)
+        return policy.convert(rows, lambda rec: self._sample(rec, images))
 
     def _file(self, root: Path) -> Path:
         if root.is_file():

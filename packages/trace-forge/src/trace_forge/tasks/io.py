@@ -6,8 +6,16 @@ error: re-raise it, or, with ``skip_bad``, count it under its reason and log it.
 unreadable parquet, missing column) are plain ``DataError`` and always raise, since skipping them would silently drop
 a whole benchmark split.
 
-Images are checked when a record is read (the file exists and its header decodes) and fully decoded only when first
-opened (:func:`open_image`), so loading a benchmark stays cheap while a corrupt file is still reported by name.
+Images are checked when a record is read (the file exists, its header decodes, and it is not over the pixel limit)
+and fully decoded only when first opened (:func:`open_image`), so loading a benchmark stays cheap while a corrupt
+file is still reported by name.
+
+Pixel limit: an image over :func:`max_image_pixels` (by default 89,478,485 pixels, about 9459 x 9459: PIL's own
+warning level, far above ViGoRL's benchmarks: V* up to ~8 MP, ScreenSpot-Pro ~20 MP, HR-Bench 8K ~33 MP) is refused
+as a likely decompression bomb: a few kilobytes of file that decode to gigabytes. Set the environment variable
+``TRACE_FORGE_MAX_IMAGE_PIXELS`` to a larger number of pixels, or to 0 for no limit, to allow genuine large images.
+
+Text files must be UTF-8: a file or line that is not is reported with its line (and, in JSONL, skippable).
 """
 
 from __future__ import annotations
@@ -15,7 +23,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
+import warnings
 import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -29,6 +39,10 @@ from trace_forge.errors import ConfigError, DataError
 from trace_forge.grounding import Box
 
 __all__ = [
+    "MAX_IMAGE_PIXELS_ENV",
+    "DEFAULT_MAX_IMAGE_PIXELS",
+    "ImageTooLarge",
+    "max_image_pixels",
     "RecordError",
     "Record",
     "SkipPolicy",
@@ -44,6 +58,8 @@ __all__ = [
     "check_image",
     "open_image",
     "compose_canvas",
+    "canvas_size",
+    "image_size",
     "letter_index",
     "extract_zip_once",
     "resolve_root",
@@ -55,6 +71,55 @@ ImageLike = Path | Image.Image
 T = TypeVar("T")
 R = TypeVar("R")
 _LETTER = re.compile(r"^\(?([A-Za-z])\)?$")
+
+
+MAX_IMAGE_PIXELS_ENV = "TRACE_FORGE_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485  # PIL's MAX_IMAGE_PIXELS: the size at which PIL itself starts to warn
+
+# Our own check (ImageTooLarge, one line naming the file) refuses an image over the limit; PIL's warning about the
+# same image would add a second, two-line message. Past twice the limit PIL raises, which is turned into the same
+# ImageTooLarge.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+def max_image_pixels() -> int | None:
+    """The largest image (width x height) a benchmark may hold: ``$TRACE_FORGE_MAX_IMAGE_PIXELS``, else
+    :data:`DEFAULT_MAX_IMAGE_PIXELS`; None (no limit) when it is 0. Also applied to PIL, for images opened elsewhere.
+
+    Raises:
+        ConfigError: the variable is not a whole number >= 0.
+    """
+    value = os.environ.get(MAX_IMAGE_PIXELS_ENV, "").strip()
+    try:
+        limit = int(value) if value else DEFAULT_MAX_IMAGE_PIXELS
+    except ValueError:
+        limit = -1
+    if limit < 0:
+        raise ConfigError(f"{MAX_IMAGE_PIXELS_ENV}={value!r}: need a whole number of pixels (0: no limit)")
+    Image.MAX_IMAGE_PIXELS = limit or None
+    return limit or None
+
+
+class ImageTooLarge(DataError):
+    """An image over :func:`max_image_pixels`: a likely decompression bomb, or a genuine image to allow."""
+
+    def __init__(self, detail: str, *, path: object | None = None) -> None:
+        super().__init__(f"{detail}: refused as a likely decompression bomb; if the image is genuine, allow it with "
+                         f"{MAX_IMAGE_PIXELS_ENV}=<pixels> (0: no limit)", path=path)
+
+
+def _check_pixels(size: tuple[int, int], limit: int | None, name: object) -> None:
+    width, height = size
+    if limit is not None and width * height > limit:
+        raise ImageTooLarge(f"image of {width} x {height} = {width * height:,} pixels is over the limit of "
+                            f"{limit:,}", path=name)
+
+
+def _bomb(error: Exception, limit: int | None, name: object) -> ImageTooLarge:
+    """PIL's own refusal (past twice the limit), said as ours: PIL's message names its own, doubled limit."""
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    size = f"image of {int(found.group(1)):,} pixels" if found else "image"
+    return ImageTooLarge(f"{size} is over the limit of {limit or 0:,}", path=name)
 
 
 class RecordError(DataError):
@@ -139,6 +204,7 @@ class Record:
         ``{"bytes": ..., "path": ...}`` cell of an undecoded parquet image column."""
         try:
             if isinstance(value, Image.Image):
+                _check_pixels(value.size, max_image_pixels(), getattr(value, "filename", "") or "<image>")
                 return value
             if isinstance(value, dict) and value.get("bytes"):
                 return _image_from_bytes(value["bytes"], value.get("path") or "<bytes>")
@@ -148,6 +214,8 @@ class Record:
                 path = base_dir / value
                 check_image(path)
                 return path
+        except ImageTooLarge as e:
+            raise self.error(str(e), "image over the pixel limit") from None
         except DataError as e:
             reason = "missing image" if isinstance(e.__cause__, FileNotFoundError) else "corrupt image"
             raise self.error(str(e), reason) from None
@@ -192,9 +260,13 @@ def read_json(path: str | Path) -> Any:
     """Parse a JSON file; a missing or malformed file raises :class:`DataError` with the line of the fault."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as e:
         raise DataError(f"cannot read: {e.strerror or e}", path=path) from e
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(_not_utf8(data, e), path=path, line=data.count(b"\n", 0, e.start) + 1) from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
@@ -209,33 +281,44 @@ def iter_jsonl(path: str | Path, on_error: Callable[[RecordError], None] | None 
     """
     path = Path(path)
     try:
-        f = path.open(encoding="utf-8")
+        f = path.open("rb")
     except OSError as e:
         raise DataError(f"cannot read: {e.strerror or e}", path=path) from e
     with f:
-        for line_no, line in enumerate(f, start=1):
-            error = None
-            if not line.strip():
-                error = RecordError("empty line", reason="empty line", path=path, line=line_no)
-            else:
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    error = RecordError(f"malformed JSON: {e.msg}", reason="malformed JSON", path=path, line=line_no)
-                else:
-                    if not isinstance(obj, dict):
-                        error = RecordError(
-                            f"expected a JSON object, got {type(obj).__name__}",
-                            reason="malformed JSON",
-                            path=path,
-                            line=line_no,
-                        )
-            if error is None:
-                yield line_no, obj
-            elif on_error is None:
-                raise error
-            else:
+        for line_no, raw in enumerate(f, start=1):
+            try:
+                yield line_no, _jsonl_object(raw, path, line_no)
+            except RecordError as error:
+                if on_error is None:
+                    raise
                 on_error(error)
+
+
+def _jsonl_object(raw: bytes, path: Path, line_no: int) -> dict:
+    """The object on one JSONL line, or a :class:`RecordError` saying why there is none."""
+
+    def error(message: str, reason: str) -> RecordError:
+        return RecordError(message, reason=reason, path=path, line=line_no)
+
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise error(_not_utf8(raw, e), "not UTF-8") from None
+    if not line.strip():
+        raise error("empty line", "empty line")
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise error(f"malformed JSON: {e.msg}", "malformed JSON") from None
+    if not isinstance(obj, dict):
+        raise error(f"expected a JSON object, got {type(obj).__name__}", "malformed JSON")
+    return obj
+
+
+def _not_utf8(data: bytes, error: UnicodeDecodeError) -> str:
+    column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+    return (f"not UTF-8 text (byte 0x{data[error.start]:02x} at column {column}); re-encode the file as UTF-8, "
+            "e.g. iconv -f latin1 -t utf-8")
 
 
 def jsonl_records(path: Path, on_error: Callable[[RecordError], None] | None = None) -> Iterator[Record]:
@@ -283,6 +366,8 @@ def dataset_records(dataset: Iterable[dict[str, Any]], path: Path) -> Iterator[R
             row = next(rows)
         except StopIteration:
             return
+        except Image.DecompressionBombError as e:  # an image cell decoded by `datasets`, past twice the limit
+            raise _bomb(e, max_image_pixels(), f"{path}#{index}") from None
         except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
             raise DataError(f"cannot read row {index}: {e}", path=path) from e
         yield Record(path, index, row, "row")
@@ -344,43 +429,84 @@ def find_split_files(root: Path, split: str) -> list[Path]:
 
 
 def _image_from_bytes(data: bytes, name: str) -> Image.Image:
+    limit = max_image_pixels()
     try:
-        return Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:
+        raise _bomb(e, limit, name) from None
     except (OSError, ValueError) as e:
         raise DataError(f"corrupt image: {e}", path=name) from e
+    _check_pixels(image.size, limit, name)
+    return image
 
 
 def check_image(path: Path) -> tuple[int, int]:
     """``(width, height)`` of an image file, reading only its header.
 
     Raises:
+        ImageTooLarge: it is over :func:`max_image_pixels`.
         DataError: the file is missing or not a readable image (the cause is the underlying OSError).
     """
+    limit = max_image_pixels()
     try:
         with Image.open(path) as image:
-            return image.size
+            size = image.size
     except FileNotFoundError as e:
         raise DataError("image not found", path=path) from e
+    except Image.DecompressionBombError as e:
+        raise _bomb(e, limit, path) from None
     except (OSError, ValueError) as e:
         raise DataError(f"corrupt image: {e}", path=path) from e
+    _check_pixels(size, limit, path)
+    return size
 
 
 def open_image(image: str | Path | Image.Image) -> Image.Image:
     """The image fully decoded, in RGB.
 
     Raises:
+        ImageTooLarge: it is over :func:`max_image_pixels`.
         DataError: the file is missing, or its data is corrupt (detected here, at full decode).
     """
     name = image if not isinstance(image, Image.Image) else getattr(image, "filename", "") or "<image>"
+    limit = max_image_pixels()
     try:
         if not isinstance(image, Image.Image):
             with Image.open(image) as f:
+                _check_pixels(f.size, limit, name)
                 return f.convert("RGB")
+        _check_pixels(image.size, limit, name)
         return image.convert("RGB")
     except FileNotFoundError as e:
         raise DataError("image not found", path=name) from e
+    except Image.DecompressionBombError as e:
+        raise _bomb(e, limit, name) from None
     except (OSError, ValueError, SyntaxError) as e:  # PIL raises SyntaxError on some broken headers
         raise DataError(f"corrupt image: {e}", path=name) from e
+
+
+def image_size(image: Path | Image.Image) -> tuple[int, int]:
+    """``(width, height)`` of an image file (its header only) or an image."""
+    return check_image(image) if isinstance(image, Path) else image.size
+
+
+def _layout(sizes: Sequence[tuple[int, int]]) -> tuple[tuple[int, int], list[tuple[int, int]]]:
+    """Side by side, top-aligned: the canvas size and each image's top-left offset."""
+    offsets, x = [], 0
+    for width, _ in sizes:
+        offsets.append((x, 0))
+        x += width
+    return (x, max(height for _, height in sizes)), offsets
+
+
+def canvas_size(images: Sequence[Path | Image.Image]) -> tuple[int, int]:
+    """The size of :func:`compose_canvas`'s canvas, from the images' headers (nothing decoded).
+
+    Example:
+        >>> canvas_size([Image.new("RGB", (64, 48)), Image.new("RGB", (96, 54))])
+        (160, 54)
+    """
+    return _layout([image_size(image) for image in images])[0]
 
 
 def compose_canvas(images: Sequence[str | Path | Image.Image]) -> tuple[Image.Image, list[tuple[int, int]]]:
@@ -406,11 +532,8 @@ def compose_canvas(images: Sequence[str | Path | Image.Image]) -> tuple[Image.Im
     decoded = [open_image(image) for image in images]
     if len(decoded) == 1:
         return decoded[0], [(0, 0)]
-    offsets, x = [], 0
-    for image in decoded:
-        offsets.append((x, 0))
-        x += image.width
-    canvas = Image.new("RGB", (x, max(image.height for image in decoded)), "white")
+    size, offsets = _layout([image.size for image in decoded])
+    canvas = Image.new("RGB", size, "white")
     for image, offset in zip(decoded, offsets, strict=True):
         canvas.paste(image, offset)
     return canvas, offsets

@@ -23,7 +23,6 @@ from __future__ import annotations
 import re
 import string
 from collections.abc import Iterator, Sequence
-from itertools import islice
 from pathlib import Path
 from typing import ClassVar
 
@@ -104,21 +103,13 @@ class _MMERealWorld(Task):
     annotation_file: ClassVar[str]
     image_folder: ClassVar[str]  # relative to the annotation file's folder
 
-    def load(
-        self,
-        data_dir: str | Path | None = None,
-        split: str | None = None,
-        limit: int | None = None,
-        skip_bad: bool = False,
-    ) -> Iterator[Sample]:
+    def read(self, data_dir: str | Path | None, split: str | None, policy: SkipPolicy) -> Iterator[Sample]:
         """Read the annotation file in ``data_dir`` (or ``data_dir/data``), or the file ``data_dir`` names."""
         self.resolve_split(split)
         path = self._annotation_path(self._root(data_dir))
         images = path.parent / self.image_folder
-        self.skipped.clear()
-        policy = SkipPolicy(skip_bad, self.skipped)
         records = json_list_records(path, policy)
-        return islice(policy.convert(records, lambda rec: self._sample(rec, images)), limit)
+        return policy.convert(records, lambda rec: self._sample(rec, images))
 
     def _root(self, data_dir: str | Path | None) -> Path:
         return resolve_root(data_dir, self.hub_id)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import ast
 import re
 from collections.abc import Iterator, Sequence
-from itertools import islice
 from operator import attrgetter
 from pathlib import Path
 
@@ -35,7 +34,7 @@ from trace_forge.tasks.base import Task, register
 from trace_forge.tasks.io import (
     Record,
     SkipPolicy,
-    check_image,
+    image_size,
     json_list_records,
     jsonl_records,
     resolve_root,
@@ -68,13 +67,7 @@ class OSAtlas(Task):
         super().__init__(images=images)
         self.images = images
 
-    def load(
-        self,
-        data_dir: str | Path | None = None,
-        split: str | None = None,
-        limit: int | None = None,
-        skip_bad: bool = False,
-    ) -> Iterator[Sample]:
+    def read(self, data_dir: str | Path | None, split: str | None, policy: SkipPolicy) -> Iterator[Sample]:
         """Read ViGoRL's ``vigorl_osatlas_<split>_RL.jsonl`` (a folder) or an OS-Atlas JSON file (a ``.json``)."""
         split = self.resolve_split(split)
         if data_dir is None:
@@ -82,8 +75,6 @@ class OSAtlas(Task):
                 f"untar web_grounding.tar of {self.hub_id} (or download OS-Copilot/OS-Atlas-data) and pass --data-dir"
             )
         path = resolve_root(data_dir, self.hub_id)
-        self.skipped.clear()
-        policy = SkipPolicy(skip_bad, self.skipped)
         if path.is_file():
             records = self._elements(json_list_records(path, policy))
             images = path.parent / (self.images or "")
@@ -91,7 +82,7 @@ class OSAtlas(Task):
         else:
             file, data_root = self._vigorl_file(path, split)
             samples = policy.convert(jsonl_records(file, policy), lambda rec: self._vigorl_sample(rec, data_root))
-        return islice(samples, limit)
+        return samples
 
     @staticmethod
     def _vigorl_file(root: Path, split: str) -> tuple[Path, Path]:
@@ -144,7 +135,7 @@ class OSAtlas(Task):
         if not (isinstance(value, list | tuple) and all(isinstance(v, int | float) and 0 <= v <= 1 for v in value)):
             raise rec.error(f"field 'bbox' must be [left, top, right, bottom] fractions in [0, 1], got {value!r}",
                             "bad field 'bbox'")
-        width, height = check_image(image) if isinstance(image, Path) else image.size
+        width, height = image_size(image)
         element = rec.data.get("element")
         return Sample(
             id=f"{rec.path.stem}_{rec.index}" + (f"_{element}" if element is not None else ""),

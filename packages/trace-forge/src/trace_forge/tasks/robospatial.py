@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from itertools import chain, islice
+from itertools import chain
 from operator import attrgetter
 from pathlib import Path
 
@@ -62,13 +62,7 @@ class RoboSpatial(Task):
     splits = ("vqa", *VQA)  # vqa: both categories, the 228 questions ViGoRL evaluates
     license_note = "RoboSpatial-Home (chanhee-luke/RoboSpatial-Home, Apache-2.0); see the dataset card"
 
-    def load(
-        self,
-        data_dir: str | Path | None = None,
-        split: str | None = None,
-        limit: int | None = None,
-        skip_bad: bool = False,
-    ) -> Iterator[Sample]:
+    def read(self, data_dir: str | Path | None, split: str | None, policy: SkipPolicy) -> Iterator[Sample]:
         """Read every ``*.json`` list in ``data_dir``, keeping the categories of ``split``."""
         split = self.resolve_split(split)
         if data_dir is None:
@@ -81,11 +75,9 @@ class RoboSpatial(Task):
         if not files:
             raise DataError("no *.json annotation files (expected annotations.json and images/)", path=root)
         categories = VQA if split == "vqa" else (split,)
-        self.skipped.clear()
-        policy = SkipPolicy(skip_bad, self.skipped)
         records = chain.from_iterable(json_list_records(path, policy) for path in files)
         samples = policy.convert(records, lambda rec: self._sample(rec, root, categories))
-        return islice((s for s in samples if s is not None), limit)
+        return (s for s in samples if s is not None)
 
     def _sample(self, rec: Record, root: Path, categories: Sequence[str]) -> Sample | None:
         category = rec.text("category").strip().lower()

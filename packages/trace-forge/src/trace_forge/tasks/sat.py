@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
-from itertools import chain, islice
+from itertools import chain
 from operator import attrgetter
 from pathlib import Path
 
@@ -73,18 +73,17 @@ class SAT2(Task):
         limit: int | None = None,
         skip_bad: bool = False,
     ) -> Iterator[Sample]:
-        """Read ``split`` (default ``test``); ``data_dir`` may also be one parquet / JSONL file.
+        """As :meth:`Task.load`; ``limit`` counts questions, so a circular load keeps whole rotation groups."""
+        questions = super().load(data_dir, split, limit, skip_bad)
+        return circular_rotations(questions) if self.circular else questions
 
-        ``limit`` counts questions, so a circular load keeps whole rotation groups.
-        """
+    def read(self, data_dir: str | Path | None, split: str | None, policy: SkipPolicy) -> Iterator[Sample]:
+        """Read ``split`` (default ``test``); ``data_dir`` may also be one parquet / JSONL file."""
         split = split or self.default_split
         root = resolve_root(data_dir, self.hub_id, allow_patterns=[f"*{split}*"])
-        self.skipped.clear()
-        policy = SkipPolicy(skip_bad, self.skipped)
         files = [root] if root.is_file() else find_split_files(root, split)
         records = chain.from_iterable(table_records(f, _REQUIRED, policy) for f in files)
-        questions = islice(policy.convert(records, self._sample), limit)
-        return circular_rotations(questions) if self.circular else questions
+        return policy.convert(records, self._sample)
 
     def _sample(self, rec: Record) -> Sample:
         column = next((c for c in _IMAGE_COLUMNS if rec.data.get(c) is not None), _IMAGE_COLUMNS[0])

@@ -13,7 +13,7 @@ The answer is a click point; it is correct when it lies in the target box, borde
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from itertools import chain, islice
+from itertools import chain
 from operator import attrgetter
 from pathlib import Path
 from typing import ClassVar
@@ -25,8 +25,8 @@ from trace_forge.tasks.base import Task, register
 from trace_forge.tasks.io import (
     Record,
     SkipPolicy,
-    check_image,
     extract_zip_once,
+    image_size,
     json_list_records,
     resolve_root,
 )
@@ -64,24 +64,16 @@ class ScreenSpot(_GroundingTask):
     file_suffix: ClassVar[str] = ""
     image_dir: ClassVar[str] = "screenspot_imgs"
 
-    def load(
-        self,
-        data_dir: str | Path | None = None,
-        split: str | None = None,
-        limit: int | None = None,
-        skip_bad: bool = False,
-    ) -> Iterator[Sample]:
+    def read(self, data_dir: str | Path | None, split: str | None, policy: SkipPolicy) -> Iterator[Sample]:
         """Read the three platform files (``split`` is ignored: ScreenSpot is one test set)."""
         root = self._root(data_dir)
         images = self._image_folder(root)
-        self.skipped.clear()
-        policy = SkipPolicy(skip_bad, self.skipped)
         files = [root / f"screenspot_{platform}{self.file_suffix}.json" for platform in PLATFORMS]
         for path in files:
             if not path.is_file():
                 raise DataError(f"annotation file missing (expected {', '.join(f.name for f in files)})", path=path)
         records = chain.from_iterable(json_list_records(path, policy) for path in files)
-        return islice(policy.convert(records, lambda rec: self._sample(rec, images)), limit)
+        return policy.convert(records, lambda rec: self._sample(rec, images))
 
     def _root(self, data_dir: str | Path | None) -> Path:
         if data_dir is None:
@@ -147,22 +139,14 @@ class ScreenSpotPro(_GroundingTask):
     hub_id = "likaixin/ScreenSpot-Pro"
     license_note = "ScreenSpot-Pro; see the benchmark's licence"
 
-    def load(
-        self,
-        data_dir: str | Path | None = None,
-        split: str | None = None,
-        limit: int | None = None,
-        skip_bad: bool = False,
-    ) -> Iterator[Sample]:
+    def read(self, data_dir: str | Path | None, split: str | None, policy: SkipPolicy) -> Iterator[Sample]:
         """Read ``annotations/*.json`` in name order (``split`` is ignored: one test set)."""
         root = resolve_root(data_dir, self.hub_id)
         files = sorted((root / "annotations").glob("*.json"))
         if not files:
             raise DataError("no annotations/*.json files", path=root)
-        self.skipped.clear()
-        policy = SkipPolicy(skip_bad, self.skipped)
         records = chain.from_iterable(json_list_records(path, policy) for path in files)
-        return islice(policy.convert(records, lambda rec: self._sample(rec, root / "images")), limit)
+        return policy.convert(records, lambda rec: self._sample(rec, root / "images"))
 
     def _sample(self, rec: Record, images: Path) -> Sample:
         image = rec.image(rec.text("img_filename"), images)
@@ -170,8 +154,12 @@ class ScreenSpotPro(_GroundingTask):
         if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
             raise rec.error(f"field 'img_size' must be [width, height], got {size!r}", "bad field 'img_size'")
         # Boxes are annotated on an img_size screen and normalised by it officially; a re-saved or resized copy of
-        # the screenshot still has the target at the same relative place.
-        width, height = check_image(image) if isinstance(image, Path) else image.size
+        # the screenshot still has the target at the same relative place. A copy of another shape is not that
+        # screen: its boxes would land elsewhere (or off the image), and no answer could be right.
+        width, height = image_size(image)
+        if abs(width * size[1] - height * size[0]) > max(size):  # more than a pixel of rounding apart
+            raise rec.error(f"img_size {size} disagrees with the image ({width} x {height}, another shape); fix "
+                            "img_size or the image", "img_size disagrees with the image")
         box = rec.box(rec.require("bbox"), "xyxy", scale=(width / size[0], height / size[1]))
         return Sample(
             id=str(rec.require("id")),

@@ -25,7 +25,6 @@ import ast
 import math
 import re
 from collections.abc import Iterator, Sequence
-from itertools import islice
 from operator import attrgetter
 from pathlib import Path
 
@@ -102,21 +101,13 @@ class TreeBench(Task):
     hub_id = "HaochenWang/TreeBench"
     license_note = "TreeBench (HaochenWang/TreeBench, Apache-2.0); images from Meta's SA-1B, under its terms"
 
-    def load(
-        self,
-        data_dir: str | Path | None = None,
-        split: str | None = None,
-        limit: int | None = None,
-        skip_bad: bool = False,
-    ) -> Iterator[Sample]:
+    def read(self, data_dir: str | Path | None, split: str | None, policy: SkipPolicy) -> Iterator[Sample]:
         """Read ``TreeBench.tsv`` in ``data_dir``, or the file ``data_dir`` names (``.tsv`` or ``.parquet``)."""
         self.resolve_split(split)
         root = resolve_root(data_dir, self.hub_id, allow_patterns=[FILE])
-        self.skipped.clear()
-        policy = SkipPolicy(skip_bad, self.skipped)
         rows = vlmeval.table_rows(root if root.is_file() else root / FILE, _REQUIRED)
         images = vlmeval.image_cells(rows)
-        return islice(policy.convert(rows, lambda rec: self._sample(rec, images)), limit)
+        return policy.convert(rows, lambda rec: self._sample(rec, images))
 
     def _sample(self, rec: Record, images: dict[str, str]) -> Sample:
         return vlmeval.option_sample(rec, images, self.name, target_boxes=self._evidence(rec),

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
-from itertools import chain, islice
+from itertools import chain
 from operator import attrgetter
 from pathlib import Path
 
@@ -56,13 +56,7 @@ class VisualProbe(Task):
     splits = (ALL, *LEVELS)
     license_note = "VisualProbe (Mini-o3); see the Hub datasets for the licence and image sources"
 
-    def load(
-        self,
-        data_dir: str | Path | None = None,
-        split: str | None = None,
-        limit: int | None = None,
-        skip_bad: bool = False,
-    ) -> Iterator[Sample]:
+    def read(self, data_dir: str | Path | None, split: str | None, policy: SkipPolicy) -> Iterator[Sample]:
         """Read ``<level folder>/val.json`` of each level in the split (``all``: easy, medium, hard)."""
         split = self.resolve_split(split)
         root = resolve_root(data_dir, self.hub_id)
@@ -72,10 +66,8 @@ class VisualProbe(Task):
             if not path.is_file():
                 raise DataError(f"missing {path.relative_to(root)} (expected {', '.join(_folder(lv) for lv in levels)}"
                                 "/val.json)", path=root)
-        self.skipped.clear()
-        policy = SkipPolicy(skip_bad, self.skipped)
         records = chain.from_iterable(json_list_records(path, policy) for path in files)
-        return islice(policy.convert(records, lambda rec: self._sample(rec, root)), limit)
+        return policy.convert(records, lambda rec: self._sample(rec, root))
 
     def _sample(self, rec: Record, root: Path) -> Sample:
         level = rec.path.parent.name.removeprefix("VisualProbe_").lower()

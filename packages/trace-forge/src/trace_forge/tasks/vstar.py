@@ -15,7 +15,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from itertools import islice
 from operator import attrgetter
 from pathlib import Path
 
@@ -81,21 +80,13 @@ class VStar(Task):
         "annotations."
     )
 
-    def load(
-        self,
-        data_dir: str | Path | None = None,
-        split: str | None = None,
-        limit: int | None = None,
-        skip_bad: bool = False,
-    ) -> Iterator[Sample]:
+    def read(self, data_dir: str | Path | None, split: str | None, policy: SkipPolicy) -> Iterator[Sample]:
         """Read the official layout (``split`` is ignored: V*Bench has only its test set)."""
         root = resolve_root(data_dir, self.hub_id)
-        self.skipped.clear()
-        policy = SkipPolicy(skip_bad, self.skipped)
         questions = root / "test_questions.jsonl"
         shown = _read_shown_options(questions, policy) if questions.is_file() else {}
         files = (json_path for category in CATEGORIES for json_path in self._annotation_files(root / category))
-        return islice(policy.convert(files, lambda p: self._sample(json_record(p), shown)), limit)
+        return policy.convert(files, lambda p: self._sample(json_record(p), shown))
 
     @staticmethod
     def _annotation_files(folder: Path) -> list[Path]:
