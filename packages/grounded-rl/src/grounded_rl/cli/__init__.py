@@ -14,7 +14,7 @@ from trace_forge.cli import run
 
 app = typer.Typer(
     name="grounded-rl",
-    help="SFT and GRPO (single- and multi-turn zoom) for visually grounded reasoning, and pinned evaluation.",
+    help="SFT, DPO and GRPO (single- and multi-turn zoom) for visually grounded reasoning, and pinned evaluation.",
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode="rich",
@@ -25,7 +25,7 @@ app = typer.Typer(
 
 @app.callback()
 def _root() -> None:
-    """SFT and GRPO (single- and multi-turn zoom) for visually grounded reasoning, and pinned evaluation."""
+    """SFT, DPO and GRPO (single- and multi-turn zoom) for visually grounded reasoning, and pinned evaluation."""
 
 
 @app.command()
@@ -37,7 +37,7 @@ def version() -> None:
     typer.echo(f"grounded-rl {grounded_rl.__version__} (trace-forge {trace_forge.__version__})")
 
 
-for _name in ("models", "eval", "sft", "train"):
+for _name in ("models", "eval", "sft", "dpo", "train"):
     importlib.import_module(f"grounded_rl.cli.{_name}")
 
 
