@@ -23,6 +23,12 @@ in the summary, and asked again by the next run in the same folder. ``max_failur
 succeeded. Timeouts, rate limits and unreachable servers (after the client's retries) and auth or routing errors
 stop the run instead: finished samples are kept, and a rerun resumes.
 
+Next to accuracy, both report the grounding precision of the model's own points (:func:`grounding_precision`)
+where the benchmark's samples carry target boxes: the share of its reasoning points and of its zoom points that
+land in a target box (:func:`~trace_forge.tasks.on_target`), overall and per category. It is the automatic
+counterpart of ViGoRL's human study (72.8% of points judged accurate). TreeBench also gets its evidence mIoU
+(:func:`evidence_miou`), from the ``<box>`` tags of the responses, as its official script computes it.
+
 Coordinates: a local model writes points in its family's frame (Qwen2.5-VL: pixels of the image as its processor
 resized it; Qwen3-VL: a 0-1000 grid); an API model writes pixels of the image as sent (``max_pixels`` resizes it
 first, as a vLLM server serving a Qwen model would), or, with ``frame="norm1000"``, the 0-1000 grid (a served
@@ -52,6 +58,7 @@ from trace_forge.durable import OutputLock, append_record, read_records, write_a
 from trace_forge.errors import ConfigError, DataError, TraceForgeError
 from trace_forge.grounding import (
     ZOOM_TOOL_NAME,
+    Box,
     Frame,
     ImageGeometry,
     Parsed,
@@ -63,8 +70,9 @@ from trace_forge.grounding import (
     parse_response,
 )
 from trace_forge.grounding.format import Expect
-from trace_forge.tasks import Sample, Task, TaskSpec, metrics, score_answer
+from trace_forge.tasks import Sample, Task, TaskSpec, metrics, on_target, score_answer
 from trace_forge.tasks.prompts import NORM1000_HINT, PROMPT_VERSION, TEMPLATES_SHA256, prompts_for
+from trace_forge.tasks.treebench import TreeBench, evidence_iou, read_boxes
 from trace_forge.teachers import (
     ImageRef,
     Message,
@@ -90,6 +98,8 @@ __all__ = [
     "summarize",
     "fails_sample",
     "TooManyFailures",
+    "grounding_precision",
+    "evidence_miou",
     "LOCAL_BACKENDS",
     "PREFILL_BACKENDS",
     "SAMPLES_FILE",
@@ -427,6 +437,7 @@ def _record(sample: Sample, k: int, dialog: Dialog, score: float, mode: str) -> 
             for t in dialog.turns
         ],
         "points": dialog.pixel_points(),
+        "step_points": [[round(s.point.x, 2), round(s.point.y, 2)] for s in dialog.pixel_steps()],
         "zooms": [[round(p.x, 2), round(p.y, 2)] for p in dialog.zooms],
         "refused_zooms": len(dialog.refused),
         "forced": dialog.forced,
@@ -514,6 +525,81 @@ def _latest_records(path: Path) -> list[dict[str, Any]]:
     return list({(r["question_id"], r["k"]): r for r in read_records(path)}.values())
 
 
+# Where the points of each kind are in a record: reasoning steps (``<think>``), and zooms the tool served.
+_POINT_KINDS = {"reasoning": "step_points", "zoom": "zooms"}
+
+
+def _share(on: int, total: int) -> dict[str, Any]:
+    return {"on_target": on, "points": total, "precision": on / total if total else None}
+
+
+def grounding_precision(
+    samples: Iterable[Sample], records: Iterable[dict[str, Any]], k: int, margin: float = 0.0
+) -> dict[str, Any]:
+    """The grounding precision of the model's own points, from the records: the share of its reasoning points and
+    of its zoom points (pixel frame) that are :func:`~trace_forge.tasks.on_target` (within ``margin`` pixels),
+    pooled over every sample of every question with target boxes, overall and per category.
+
+    Returns:
+        ``{"applicable": True, "margin_px", "questions", "overall": {kind: share}, "categories": {name: {kind:
+        share}}}`` with kinds ``reasoning``, ``zoom`` and ``all`` and shares ``{"on_target", "points",
+        "precision"}`` (precision None without points); ``{"applicable": False, "reason"}`` when no sample has
+        target boxes.
+    """
+    by_id = {s.id: s for s in samples if s.target_boxes}
+    if not by_id:
+        return {"applicable": False, "reason": "the benchmark's samples carry no target boxes"}
+    counts: dict[str, dict[str, list[int]]] = {}
+    questions = set()
+    for r in records:
+        sample = by_id.get(r["question_id"])
+        if sample is None or r["k"] >= k:
+            continue
+        questions.add(sample.id)
+        for kind, key in _POINT_KINDS.items():
+            flags = [on_target(Point(x, y), sample.target_boxes, margin) for x, y in r.get(key, ())]
+            for group in ("overall", sample.category or "-"):
+                for name in (kind, "all"):
+                    tally = counts.setdefault(group, {}).setdefault(name, [0, 0])
+                    tally[0] += sum(flags)
+                    tally[1] += len(flags)
+
+    def shares(group: str) -> dict[str, Any]:
+        found = counts.get(group, {})
+        return {kind: _share(*found.get(kind, (0, 0))) for kind in (*_POINT_KINDS, "all")}
+
+    return {
+        "applicable": True,
+        "margin_px": margin,
+        "questions": len(questions),
+        "overall": shares("overall"),
+        "categories": {name: shares(name) for name in sorted(counts) if name != "overall"},
+    }
+
+
+def evidence_miou(task: Task, samples: Iterable[Sample], records: Iterable[dict[str, Any]], k: int
+                  ) -> dict[str, float] | None:
+    """TreeBench's evidence mIoU of finished records, None for any other task: per sample, the
+    :func:`~trace_forge.tasks.treebench.evidence_iou` of the ``<box>`` tags of all its turns (read as the official
+    script reads them, then mapped from the model's frame to pixels) with the evidence boxes; per question the mean
+    over its samples; aggregated by the benchmark (overall and per category)."""
+    if not isinstance(task, TreeBench):
+        return None
+    by_id = {s.id: s for s in samples}
+    scores: dict[str, list[float]] = {}
+    for r in records:
+        sample = by_id.get(r["question_id"])
+        if sample is None or r["k"] >= k:
+            continue
+        geometry, frame = ImageGeometry(*r["geometry"]), Frame(r["frame"])
+        boxes = [Box(b.x1, b.y1, b.x2, b.y2, frame).to(Frame.PIXEL, geometry)
+                 for b in read_boxes("\n".join(t["text"] for t in r["turns"]))]
+        scores.setdefault(sample.id, []).append(evidence_iou(boxes, sample.target_boxes))
+    if not scores:
+        return None
+    return task.aggregate([(by_id[q], metrics.mean(v)) for q, v in scores.items()])
+
+
 def _counts(records: list[dict[str, Any]]) -> dict[str, Any]:
     problems = Counter(code for r in records for t in r["turns"] for code in set(t["problems"]))
     errors = Counter(r["error"]["kind"] for r in records if r.get("error"))
@@ -551,7 +637,34 @@ def _markdown(summary: dict[str, Any], k: int) -> str:
         "|---|---:|---:|",
     ]
     lines += [f"| {name} | {100 * avg[name]:.2f} | {100 * passed[name]:.2f} |" for name in avg]
+    lines += ["", *_grounding_markdown(summary["grounding"])]
+    miou = summary.get("evidence_miou")
+    if miou is not None:
+        lines += ["", "## Evidence boxes (TreeBench mIoU)", "", "| category | mIoU (%) |", "|---|---:|"]
+        lines += [f"| {name} | {100 * value:.2f} |" for name, value in miou.items()]
     return "\n".join(lines) + "\n"
+
+
+def _grounding_markdown(grounding: dict[str, Any]) -> list[str]:
+    lines = ["## Grounding precision", ""]
+    if not grounding["applicable"]:
+        return [*lines, f"Not applicable: {grounding['reason']}."]
+
+    def cell(share: dict[str, Any]) -> str:
+        if share["precision"] is None:
+            return "-"
+        return f"{100 * share['precision']:.2f} ({share['on_target']}/{share['points']})"
+
+    lines += [
+        f"Points of the model's own reasoning and zooms that land in a target box (margin {grounding['margin_px']:g} "
+        f"px), over {grounding['questions']} questions.",
+        "",
+        "| category | reasoning points (%) | zoom points (%) | all points (%) |",
+        "|---|---:|---:|---:|",
+    ]
+    groups = {"overall": grounding["overall"], **grounding["categories"]}
+    lines += [f"| {name} | {cell(g['reasoning'])} | {cell(g['zoom'])} | {cell(g['all'])} |" for name, g in groups.items()]
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -658,9 +771,13 @@ def _evaluate(
     summary = {
         "task": config.task,
         "metrics": summarize(task, samples, records, config.samples),
+        "grounding": grounding_precision(samples, records, config.samples),
         "counts": _counts(records),
         "protocol": current,
     }
+    miou = evidence_miou(task, samples, records, config.samples)
+    if miou is not None:
+        summary["evidence_miou"] = miou
     write_atomic(out / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     write_atomic(out / SUMMARY_MD, _markdown(summary, config.samples))
     failed, n = summary["counts"]["failed"], summary["counts"]["samples"]

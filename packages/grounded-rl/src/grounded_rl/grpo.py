@@ -88,7 +88,8 @@ class GroundedGRPOConfig(GRPOConfig):
         model, task, data_dir, data, split, limit: where the policy and the prompts come from.
 
     Parameters that control the method:
-        multi_turn, max_images, rewards, diversity_requires_correct, freeze_vision, max_pixels, max_prompt_length.
+        multi_turn, max_images, rewards, diversity_requires_correct, grounding_margin, freeze_vision, max_pixels,
+        max_prompt_length.
 
     Changed defaults (paper values): ``learning_rate=1e-6``, ``beta=0.01``, ``epsilon=0.2``,
     ``epsilon_high=0.28``, ``temperature=1.0``, ``top_p=0.99``, ``max_completion_length=2048``,
@@ -122,6 +123,10 @@ class GroundedGRPOConfig(GRPOConfig):
     )
     diversity_requires_correct: bool = field(
         default=True, metadata={"help": "Pay the zoom-diversity bonus only to correct answers (ViGoRL: always)."}
+    )
+    grounding_margin: float = field(
+        default=0.0, metadata={"help": "Pixels of slack of the step_grounding reward's on-target test (a reward "
+                                       "listed in rewards, not among the defaults)."}
     )
     freeze_vision: bool = field(default=True, metadata={"help": "Freeze the vision tower (ViGoRL, Table A2)."})
     max_pixels: int | None = field(
@@ -160,6 +165,8 @@ class GroundedGRPOConfig(GRPOConfig):
             raise ConfigError("give exactly one of task (with data_dir) and data")
         if self.max_images < 1:
             raise ConfigError(f"max_images={self.max_images}: need >= 1 (the original image)")
+        if self.grounding_margin < 0:
+            raise ConfigError(f"grounding_margin={self.grounding_margin}: need >= 0 pixels")
         mode = "multi" if self.multi_turn else "single"
         self.num_generations = self.num_generations or (8 if self.multi_turn else 5)
         self.max_grad_norm = self.max_grad_norm if self.max_grad_norm is not None else (0.2 if self.multi_turn else 1.0)
@@ -370,7 +377,8 @@ def build_trainer(config: GroundedGRPOConfig) -> GroundedGRPOTrainer:
 
     # ---- prompts and rewards ------------------------------------------------------------------------------------
     train_dataset = load_prompts(config, processor, family)
-    reward_funcs, config.reward_weights = build_rewards(config.rewards, config.diversity_requires_correct)
+    reward_funcs, config.reward_weights = build_rewards(config.rewards, config.diversity_requires_correct,
+                                                        config.grounding_margin)
     logger.info("rewards and weights: %s", config.rewards)
 
     # ---- multi-turn: one zoom environment per rollout, holding its row's image -----------------------------------

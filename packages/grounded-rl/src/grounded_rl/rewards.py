@@ -30,6 +30,12 @@ grounding      every point is an integer pair inside the image (logged, weight 0
 ============== ==================================================================== ============ ===========
 
 The multi-turn paper weight 0.4 multiplies ``format + zoom_diversity`` (its r_fmt = r_grammar + r_div).
+
+Beyond the paper, ``step_grounding`` (:func:`get_step_grounding_reward`; not among the defaults, so weight 0 unless
+a config lists it) is the share of the rollout's reasoning and zoom points that land on a target box
+(:func:`~trace_forge.tasks.on_target`, with ``grounding_margin`` pixels): a process-level reward on where the model
+looks, for tasks whose samples carry target boxes. ViGoRL found a distance-shaped *answer* reward worse than the
+binary one (Table A9); this one scores the reasoning points instead, and leaves the answer to ``accuracy``.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ from functools import cache
 from typing import Any
 
 from trace_forge.grounding import Box, Frame, ImageGeometry, Parsed, Point, ProblemCode, parse_response
-from trace_forge.tasks import AnswerKind, Sample, Task, TaskSpec, score_answer
+from trace_forge.tasks import AnswerKind, Sample, Task, TaskSpec, on_target_share, score_answer
 
 __all__ = [
     "REWARDS",
@@ -56,6 +62,7 @@ __all__ = [
     "accuracy_reward",
     "get_zoom_diversity_reward",
     "zoom_diversity_reward",
+    "get_step_grounding_reward",
     "build_rewards",
 ]
 
@@ -189,10 +196,15 @@ class Dialog:
     final: Parsed | None
 
     @property
+    def grounded_points(self) -> list[Point]:
+        """The points the rollout reasons and zooms on (not its answer), in the model's frame, in order."""
+        return [p for t in self.turns for p in t.points]
+
+    @property
     def points(self) -> list[Point]:
         """Every point of the rollout (reasoning steps, zoom calls, answer point), in the model's frame."""
         answer = [self.final.answer_point] if self.final and self.final.answer_point else []
-        return [p for t in self.turns for p in t.points] + answer
+        return self.grounded_points + answer
 
     @property
     def zoom_points(self) -> list[Point]:
@@ -369,6 +381,53 @@ class _ZoomDiversity:
 
 zoom_diversity_reward = get_zoom_diversity_reward()
 
+
+def get_step_grounding_reward(margin: float = 0.0) -> RewardFunc:
+    """Build the step-grounding reward: the share of the rollout's reasoning and zoom points that are on target.
+
+    Each point is converted from the model's frame to the pixel frame of the original image, as stored points are,
+    and tested against the prompt's target boxes with :func:`~trace_forge.tasks.on_target` (``margin`` pixels of
+    slack). The answer is not counted: that is ``accuracy``'s. A rollout naming no point scores 0.0; a prompt
+    without target boxes gets ``None`` (not applicable).
+
+    Returns:
+        A picklable reward function named ``step_grounding_reward``.
+
+    Example:
+        >>> reward = get_step_grounding_reward()
+        >>> cols = dict(task=["vstar"] * 3, options=[["red", "blue"]] * 3, answer=["red"] * 3,
+        ...             target_boxes=[[[0, 0, 100, 100]]] * 2 + [[]], image_size=[[640, 480]] * 3,
+        ...             model_size=[[640, 480]] * 3, frame=["model"] * 3)
+        >>> reward(["<think> The cup (10, 20), the mug (300, 20). </think><answer> red </answer>",
+        ...         "<answer> red </answer>", "<think> (10, 20) </think><answer> red </answer>"], **cols)
+        [0.5, 0.0, None]
+    """
+    return _StepGrounding(margin)
+
+
+@dataclass(frozen=True)
+class _StepGrounding:
+    """A class, not a closure, so the reward pickles."""
+
+    margin: float
+
+    @property
+    def __name__(self) -> str:
+        return "step_grounding_reward"
+
+    def __call__(self, completions: list[Any], **kwargs: Any) -> list[float | None]:
+        rewards: list[float | None] = []
+        for completion, truth in zip(completions, _truths(len(completions), kwargs), strict=True):
+            boxes = truth.sample.target_boxes
+            if not boxes:
+                rewards.append(None)
+                continue
+            points = [p.to(Frame.PIXEL, truth.geometry) for p in parse_dialog(completion, truth).grounded_points]
+            share = on_target_share(points, boxes, self.margin)
+            rewards.append(0.0 if share is None else share)
+        return rewards
+
+
 # Name in configs -> factory of the reward function (factories take the config's reward options).
 REWARDS: dict[str, Callable[..., RewardFunc]] = {
     "format": lambda **_: format_reward,
@@ -377,6 +436,7 @@ REWARDS: dict[str, Callable[..., RewardFunc]] = {
     "zoom_diversity": lambda diversity_requires_correct=True, **_: get_zoom_diversity_reward(
         requires_correct=diversity_requires_correct
     ),
+    "step_grounding": lambda grounding_margin=0.0, **_: get_step_grounding_reward(grounding_margin),
 }
 
 # ViGoRL's weights: 0.5/0.5 single-turn; 0.6 accuracy + 0.4 (grammar + diversity) multi-turn. Grounding is logged.
@@ -387,13 +447,14 @@ DEFAULT_WEIGHTS: dict[str, dict[str, float]] = {
 
 
 def build_rewards(
-    weights: Mapping[str, float], diversity_requires_correct: bool = True
+    weights: Mapping[str, float], diversity_requires_correct: bool = True, grounding_margin: float = 0.0
 ) -> tuple[list[RewardFunc], list[float]]:
     """Reward functions and their weights, by registry name, for ``GRPOTrainer(reward_funcs=..., reward_weights=...)``.
 
     Args:
         weights: ``{name: weight}``; names from :data:`REWARDS`. A weight of 0 still computes and logs the reward.
         diversity_requires_correct: pay the zoom-diversity bonus only to correct answers.
+        grounding_margin: pixels of slack of the step-grounding reward's on-target test.
 
     Raises:
         KeyError: an unknown reward name (the message lists the known ones).
@@ -406,5 +467,6 @@ def build_rewards(
     unknown = sorted(set(weights) - set(REWARDS))
     if unknown:
         raise KeyError(f"unknown rewards {unknown}; known: {sorted(REWARDS)}")
-    funcs = [REWARDS[name](diversity_requires_correct=diversity_requires_correct) for name in weights]
+    options = {"diversity_requires_correct": diversity_requires_correct, "grounding_margin": grounding_margin}
+    funcs = [REWARDS[name](**options) for name in weights]
     return funcs, [float(w) for w in weights.values()]

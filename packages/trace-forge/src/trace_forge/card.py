@@ -48,6 +48,8 @@ class Provenance:
         yield_by_category: per category, questions searched and questions with a correct trajectory.
         view: the frame of the dataset's points and the resize that defines it (``{"frame", "resize"}``).
         license: the licence identifier of the source benchmark for the card's metadata; None: unknown.
+        linearize: how the trees became rows: the mode and the ``LinearizeConfig`` settings (cap, grounding
+            filter, label threshold, ...).
     """
 
     task: dict[str, Any]
@@ -59,6 +61,7 @@ class Provenance:
     yield_by_category: dict[str, dict[str, int]] = field(default_factory=dict)
     view: dict[str, Any] = field(default_factory=lambda: {"frame": "pixel", "resize": None})
     license: str | None = None
+    linearize: dict[str, Any] = field(default_factory=dict)
 
     @property
     def simulated(self) -> bool:
@@ -66,8 +69,10 @@ class Provenance:
         return bool(self.teacher.get("simulated"))
 
     @classmethod
-    def of_run(cls, run_dir: Any, run: RunRecord, view: Mapping[str, Any]) -> Provenance:
-        """The provenance of a dataset linearized from ``run`` (its folder gives the per-category yield)."""
+    def of_run(cls, run_dir: Any, run: RunRecord, view: Mapping[str, Any],
+               linearize: Mapping[str, Any] | None = None) -> Provenance:
+        """The provenance of a dataset linearized from ``run`` (its folder gives the per-category yield) with the
+        ``linearize`` settings."""
         stats = run_stats(run_dir)
         return cls(
             task=run.task.to_dict(),
@@ -79,6 +84,7 @@ class Provenance:
             yield_by_category={name: {"questions": c.questions, "solved": c.solved}
                                for name, c in stats.categories.items()},
             view=dict(view),
+            linearize=dict(linearize or {}),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -95,13 +101,15 @@ class DataCounts:
 
     Attributes:
         files: the parquet shards by split (paths relative to the dataset folder).
-        rows: chains by split and kind (``direct`` / ``backtracking``).
+        rows: rows by split and kind (chains: ``direct`` / ``backtracking``; other rows: their ``unit``).
         questions: distinct questions by split.
-        categories: per category, distinct questions and chains (all splits).
-        mode: ``single`` or ``multi``.
+        categories: per category, distinct questions and rows (all splits).
+        mode: ``single``, ``multi``, ``preference`` or ``stepwise``.
+        unit: what one row is: ``chains``, ``pairs`` or ``sequences``.
     """
 
     mode: str
+    unit: str = "chains"
     files: dict[str, list[str]] = field(default_factory=dict)
     rows: dict[str, Counter[str]] = field(default_factory=dict)
     questions: dict[str, int] = field(default_factory=dict)
@@ -135,6 +143,41 @@ def _json_block(value: Any) -> str:
     return "```json\n" + json.dumps(value, indent=2, sort_keys=True) + "\n```"
 
 
+_TITLES = {
+    "single": "single-turn chains",
+    "multi": "multi-turn zoom dialogs",
+    "preference": "preference pairs",
+    "stepwise": "step-level labels",
+}
+
+_WHAT = {
+    "single": "Rows are single-turn responses in TRL's conversational vision format (`messages` + `images`), which "
+              "`trl.SFTTrainer` trains on as loaded (`assistant_only_loss=True` with a chat template that marks "
+              "assistant turns). `kind` is `direct` (a correct path) or `backtracking` (a wrong path, a sentence "
+              "admitting it, then a correct path); `correct` and `reward` are the benchmark verifier's judgement of "
+              "the final answer.",
+    "multi": "Rows are multi-turn zoom dialogs in TRL's conversational vision format (`messages` + `images`), which "
+             "`trl.SFTTrainer` trains on as loaded (`assistant_only_loss=True` with a chat template that marks "
+             "assistant turns). Dialogs call a `zoom` tool on a point; the crop comes back in a `user` turn wrapped "
+             "in `<tool_response>` tags, the way Qwen chat templates render a tool reply, so the images of every "
+             "turn are in `images` in order (the sample canvas first). `kind` is `direct` (a correct path) or "
+             "`backtracking` (a wrong path, a sentence admitting it, then a correct path); `correct` and `reward` "
+             "are the benchmark verifier's judgement of the final answer.",
+    "preference": "Rows are preference pairs read from the search trees, in TRL's conversational preference format "
+                  "with an image (`prompt`, `chosen`, `rejected`, `images`), which `trl.DPOTrainer` trains on as "
+                  "loaded. Both responses continue the same grounded prefix (the steps on the path to the tree "
+                  "node `node` where they part, `prefix_length` of them) and then branch: `chosen` reaches an "
+                  "answer the benchmark verifier judged correct, `rejected` one it judged wrong. The prefix is "
+                  "written at the start of both single-turn responses rather than as an assistant turn of the "
+                  "prompt, which TRL would render as a turn of its own; in DPO's loss its tokens cancel out. "
+                  "`chosen_steps` and `rejected_steps` hold every step of each response, prefix included.",
+    "stepwise": "Rows are step-level labels read from the search trees, in TRL's stepwise-supervision format "
+                "(`prompt`, `completions`, `labels`) with the image in `images`: one row per path from the root "
+                "to a leaf step node. A step's label is True when the MCTS value of its node (`values`: the mean "
+                "0/1 reward of every trajectory the search backed up through it, `visits` of them) is at least "
+                "`label_threshold`.",
+}
+
 _FRAMES = {
     "pixel": "pixels of the first image (the sample canvas) as stored",
     "model": "pixels of the first image as the model's processor resizes it (smart_resize with the bounds in "
@@ -165,8 +208,7 @@ def render_card(
     """
     teacher = provenance.teacher
     frame = provenance.view.get("frame", "pixel")
-    mode_title = "multi-turn zoom dialogs" if counts.mode == "multi" else "single-turn chains"
-    title = f"# Grounded reasoning traces: {provenance.task['name']}, {mode_title}"
+    title = f"# Grounded reasoning traces: {provenance.task['name']}, {_TITLES[counts.mode]}"
     parts = [f"---\n{_metadata(provenance, counts, license_id)}---", title]
     if provenance.simulated:
         parts.append(
@@ -175,19 +217,12 @@ def render_card(
             "stand-in used to test the pipeline. They are not reasoning by a real model: do not train or "
             "evaluate on them."
         )
-    mode = "multi-turn zoom dialogs" if counts.mode == "multi" else "single-turn responses"
     parts.append(
         "## What it is\n\n"
-        f"Visually grounded reasoning chains for the **{provenance.task['name']}** benchmark, in the style of ViGoRL "
+        f"Visually grounded reasoning for the **{provenance.task['name']}** benchmark, in the style of ViGoRL "
         "([arXiv 2505.23678](https://arxiv.org/abs/2505.23678)): every reasoning step names the image point "
-        f"`(x, y)` it is about. Rows are {mode} in TRL's conversational vision format (`messages` + `images`), "
-        "which `trl.SFTTrainer` trains on as loaded (`assistant_only_loss=True` with a chat template that marks "
-        "assistant turns). Multi-turn dialogs call a `zoom` tool on a point; the crop comes back in a `user` turn "
-        "wrapped in `<tool_response>` tags, the way Qwen chat templates render a tool reply, so the images of "
-        "every turn are in `images` in order (the sample canvas first). `kind` is `direct` (a correct path) or "
-        "`backtracking` (a wrong path, a sentence admitting it, then a correct path); `correct` and `reward` are "
-        "the benchmark verifier's judgement of the final answer.\n\n"
-        f"**Coordinate frame: `{frame}`**: every point in the text, in `steps` and in `answer_point` is in "
+        f"`(x, y)` it is about. {_WHAT[counts.mode]}\n\n"
+        f"**Coordinate frame: `{frame}`**: every point in the text and in the structured columns is in "
         f"{_FRAMES[frame]}"
         + (f", `resize` = `{json.dumps(provenance.view.get('resize'))}`" if frame == "model" else "")
         + ". `target_boxes` are always in pixels of the canvas. Load it with `datasets.load_dataset(\"<this "
@@ -204,11 +239,12 @@ def render_card(
         "rollout answer was scored by the benchmark's official verifier, and the trees were linearized into "
         "chains with `trace-forge linearize`.\n\n" + "\n".join(made)
         + "\n\nSearch parameters:\n\n" + _json_block(provenance.search)
+        + ("\n\nLinearization settings:\n\n" + _json_block(provenance.linearize) if provenance.linearize else "")
         + "\n\nVersions:\n\n" + _json_block(provenance.versions)
     )
     parts.append(how)
     parts.append("## Columns\n\n" + _table(["column", "meaning"], [[f"`{k}`", v] for k, v in columns.items()]))
-    kinds = sorted({k for split in counts.rows.values() for k in split})
+    kinds = sorted({k for split in counts.rows.values() for k in split} - {counts.unit})
     split_rows = [
         [split, counts.questions.get(split, 0), *(counts.rows[split].get(k, 0) for k in kinds),
          sum(counts.rows[split].values())]
@@ -216,19 +252,19 @@ def render_card(
     ]
     parts.append(
         "## Counts\n\n"
-        + _table(["split", "questions", *kinds, "chains"], split_rows)
-        + f"\n\n{counts.total_rows} chains in all."
+        + _table(["split", "questions", *kinds, counts.unit], split_rows)
+        + f"\n\n{counts.total_rows} {counts.unit} in all."
     )
     yield_rows = []
     for category, found in counts.categories.items():
         searched = provenance.yield_by_category.get(category or "-")
         share = (f"{searched['solved']}/{searched['questions']} ({searched['solved'] / searched['questions']:.0%})"
                  if searched else "unknown")
-        yield_rows.append([category or "-", share, found["questions"], found["chains"]])
+        yield_rows.append([category or "-", share, found["questions"], found["rows"]])
     parts.append(
         "## Per-category yield\n\nQuestions searched with at least one correct trajectory, and what "
         "reached the dataset.\n\n"
-        + _table(["category", "solved / searched", "questions", "chains"], yield_rows)
+        + _table(["category", "solved / searched", "questions", counts.unit], yield_rows)
     )
     note = license_note.rstrip(".") + "." if license_note else "See the source benchmark's licence."
     parts.append(

@@ -10,7 +10,16 @@ A *chain* is one grounded trajectory written out as a single response. Two kinds
   the prefix is written once: the text reads as one line of thought that turns back, not as two restarts.
 
 Chains are deduplicated by rendered text and capped per question by a seeded, deterministic draw that keeps
-both kinds in proportion. For multi-turn training, :func:`plan_zooms` picks the steps that zoom (once, in the pixel
+both kinds in proportion; with ``min_grounding`` only chains whose share of on-target steps
+(:func:`~trace_forge.tasks.on_target`) reaches it are kept.
+
+The trees hold more than their correct chains, and two more kinds of data come out of them:
+
+- :func:`preference_pairs`: sibling branches that share a grounded prefix and end right or wrong. Every correct
+  chain is paired with every wrong trajectory (really answered, at least one step); the pair parts at the deepest
+  tree node on both paths (:attr:`Pair.node`), whose path is the prefix both share.
+- :func:`step_paths`: root-to-leaf paths of the tree's step nodes with their MCTS values (the mean reward of every
+  trajectory through the node), labelled good where the value reaches a threshold. For multi-turn training, :func:`plan_zooms` picks the steps that zoom (once, in the pixel
 frame) and :func:`dialog_turns` spreads a chain over assistant turns that zoom on those steps' points, in whatever
 frame the chain's points are. Everything here is pure: no files, no images (the crops are cut by
 :mod:`trace_forge.dataset`, from the points the tool turns name).
@@ -22,10 +31,11 @@ import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Literal, TypeVar
 
 from trace_forge.grounding import (
     DEFAULT_CONNECTOR,
+    Box,
     Point,
     Step,
     Trajectory,
@@ -37,6 +47,7 @@ from trace_forge.grounding import (
 )
 from trace_forge.grounding.steps import move_anchor
 from trace_forge.search.tree import Node, Tree, makes_chain
+from trace_forge.tasks import on_target_share
 from trace_forge.tasks.prompts import PromptSet
 
 __all__ = [
@@ -45,12 +56,18 @@ __all__ = [
     "ChainKind",
     "ChainSource",
     "LinearizeConfig",
+    "Pair",
+    "StepPath",
     "Turn",
     "dialog_turns",
+    "grounded_enough",
     "linearize",
     "plan_zooms",
+    "preference_pairs",
+    "step_paths",
 ]
 
+_T = TypeVar("_T")
 ChainKind = Literal["direct", "backtracking"]
 _KINDS: tuple[ChainKind, ...] = ("direct", "backtracking")
 
@@ -70,6 +87,14 @@ class LinearizeConfig:
     seed: int = field(default=0, metadata={"help": "Seeds the per-question draw and the train/validation split."})
     max_zooms: int = field(default=4, metadata={
         "help": "Zoom turns per multi-turn dialog (4: the original image plus 4 crops is ViGoRL's limit)."})
+    min_grounding: float | None = field(default=None, metadata={
+        "help": "Keep only chains (preference: chosen responses) whose share of on-target steps, points inside a "
+                "target box, is at least this (0-1); questions without target boxes then give none."})
+    grounding_margin: float = field(default=0.0, metadata={
+        "help": "Pixels of the original image a point may lie outside a target box and still be on target."})
+    label_threshold: float = field(default=0.5, metadata={
+        "help": "Stepwise mode: a step is labelled good when its MCTS value (the mean reward of every trajectory "
+                "through its node) is at least this."})
 
     def __post_init__(self) -> None:
         if not self.connector.strip():
@@ -80,6 +105,12 @@ class LinearizeConfig:
             raise ValueError(f"max_per_question must be >= 1, 0 or None (all), got {self.max_per_question}")
         if self.max_zooms < 0:
             raise ValueError(f"max_zooms must be >= 0, got {self.max_zooms}")
+        if self.min_grounding is not None and not 0 <= self.min_grounding <= 1:
+            raise ValueError(f"min_grounding must be in [0, 1], got {self.min_grounding}")
+        if self.grounding_margin < 0:
+            raise ValueError(f"grounding_margin must be >= 0 pixels, got {self.grounding_margin}")
+        if not 0 <= self.label_threshold <= 1:
+            raise ValueError(f"label_threshold must be in [0, 1], got {self.label_threshold}")
 
 
 @dataclass(frozen=True)
@@ -148,18 +179,40 @@ class Chain:
     def map_points(self, convert: Callable[[Point], Point]) -> Chain:
         """This chain with every point (steps and a point answer) mapped by ``convert`` (e.g. into another frame);
         each step's literal is rewritten to its new point, and a point answer's text to its new literal."""
-        steps = tuple(Step(move_anchor(s.text, s.point, p), p) for s in self.steps for p in [convert(s.point)])
+        steps = _map_steps(self.steps, convert)
         if self.answer_point is None:
             return replace(self, steps=steps)
         point = convert(self.answer_point)
         return replace(self, steps=steps, answer_point=point, answer=format_point(point))
 
 
+def _map_steps(steps: Sequence[Step], convert: Callable[[Point], Point]) -> tuple[Step, ...]:
+    """``steps`` with each point mapped by ``convert`` and its literal in the text rewritten to match."""
+    return tuple(Step(move_anchor(s.text, s.point, p), p) for s in steps for p in [convert(s.point)])
+
+
 def _correct(reward: float | None) -> bool:
     return reward is not None and reward >= 1
 
 
-def linearize(tree: Tree, question_id: str, config: LinearizeConfig | None = None) -> list[Chain]:
+def grounded_enough(steps: Sequence[Step], boxes: Sequence[Box], config: LinearizeConfig) -> bool:
+    """Whether ``steps`` (pixel frame) pass ``config.min_grounding``: always without it; with it, a share of on-target
+    steps at least that high (no target boxes: no share, so never).
+
+    Example:
+        >>> steps = [Step("a", Point(5, 5)), Step("b", Point(50, 50))]
+        >>> [grounded_enough(steps, [Box(0, 0, 10, 10)], LinearizeConfig(min_grounding=p)) for p in (0.5, 0.6)]
+        [True, False]
+    """
+    if config.min_grounding is None:
+        return True
+    share = on_target_share([s.point for s in steps], boxes, config.grounding_margin)
+    return share is not None and share >= config.min_grounding
+
+
+def linearize(
+    tree: Tree, question_id: str, config: LinearizeConfig | None = None, target_boxes: Sequence[Box] = ()
+) -> list[Chain]:
     """All chains of one question's tree: direct chains first, then backtracking ones, in node order.
 
     A chain needs at least one grounded step, and its correct side must have really answered (a rollout the
@@ -168,18 +221,20 @@ def linearize(tree: Tree, question_id: str, config: LinearizeConfig | None = Non
     Args:
         tree: the question's search tree (points in the pixel frame).
         question_id: the question's id, copied onto every chain and mixed into the cap's seed.
-        config: connector, cap, seed; defaults to :class:`LinearizeConfig`.
+        config: connector, cap, seed, grounding filter; defaults to :class:`LinearizeConfig`.
+        target_boxes: the question's target boxes (pixel frame), for ``config.min_grounding``.
 
     Returns:
-        The chains, deduplicated by rendered text and capped at ``config.max_per_question``.
+        The chains, deduplicated by rendered text, filtered by grounding and capped at ``config.max_per_question``.
     """
     config = config or LinearizeConfig()
-    chains = _direct_chains(tree, question_id)
+    chains = _direct_chains(_trajectories(tree, question_id))
     if config.include_backtracking:
         chains += _backtracking_chains(tree, question_id, config.connector)
     by_text: dict[str, Chain] = {}
     for chain in chains:
-        by_text.setdefault(chain.render(), chain)  # the first chain with a given text wins
+        if grounded_enough(chain.steps, target_boxes, config):
+            by_text.setdefault(chain.render(), chain)  # the first chain with a given text wins
     rng = random.Random(f"{config.seed}:{question_id}")  # str seeds hash with SHA-512: stable across runs
     return _cap(list(by_text.values()), config.max_per_question, rng)
 
@@ -188,21 +243,30 @@ def _values(tree: Tree, node: Node) -> tuple[float, ...]:
     return tuple(n.value for n in tree.path(node))
 
 
-def _direct_chains(tree: Tree, question_id: str) -> list[Chain]:
+def _trajectories(tree: Tree, question_id: str) -> list[Chain]:
+    """Every really answered trajectory with at least one grounded step, right or wrong, as a ``direct`` chain:
+    per node in order, a terminal node's own answer, then its rollouts."""
     chains: list[Chain] = []
     for node in tree.nodes:
         prefix = tree.steps_to(node)
         values = _values(tree, node)
-        if node.terminal and makes_chain(node.reward, True, len(prefix)):
-            chains.append(Chain(question_id, "direct", tuple(prefix), node.answer or "", True,
+        if node.terminal and prefix:
+            chains.append(Chain(question_id, "direct", tuple(prefix), node.answer or "", _correct(node.reward),
                                 float(node.reward or 0.0), values, ChainSource(node.id),
                                 answer_point=node.answer_point))
         for i, rollout in enumerate(node.rollouts):
             steps = (*prefix, *rollout.steps)
-            if makes_chain(rollout.reward, rollout.answered, len(steps)):
-                chains.append(Chain(question_id, "direct", steps, rollout.answer, True, rollout.reward,
-                                    values, ChainSource(node.id, (i,)), answer_point=rollout.answer_point))
+            if rollout.answered and steps:
+                chains.append(Chain(question_id, "direct", steps, rollout.answer, _correct(rollout.reward),
+                                    rollout.reward, values, ChainSource(node.id, (i,)),
+                                    answer_point=rollout.answer_point))
     return chains
+
+
+def _direct_chains(trajectories: list[Chain]) -> list[Chain]:
+    """The correct ones of :func:`_trajectories`: exactly the trajectories that
+    :func:`~trace_forge.search.tree.makes_chain` (all of them were really answered)."""
+    return [c for c in trajectories if makes_chain(c.reward, True, len(c.steps))]
 
 
 def _backtracking_chains(tree: Tree, question_id: str, connector: str) -> list[Chain]:
@@ -251,6 +315,143 @@ def _cap(chains: list[Chain], limit: int | None, rng: random.Random) -> list[Cha
     quotas = _quotas({k: len(idx) for k, idx in by_kind.items()}, limit)
     keep = sorted(i for k, idx in by_kind.items() for i in rng.sample(idx, quotas[k]))
     return [chains[i] for i in keep]
+
+
+def _draw(items: list[_T], limit: int | None, rng: random.Random) -> list[_T]:
+    """At most ``limit`` of ``items``, drawn by ``rng``, in their original order."""
+    if limit is None or len(items) <= limit:
+        return items
+    return [items[i] for i in sorted(rng.sample(range(len(items)), limit))]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Preference pairs and step paths
+# ------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Two trajectories of one tree that share a grounded prefix and then part: one correct, one wrong.
+
+    Attributes:
+        question_id: the question the tree was searched for.
+        node: the tree node where the branches part: the deepest node on both paths (the root when they share no
+            tree step).
+        node_value: that node's MCTS value.
+        prefix_length: the steps both responses start with: the steps on the path to ``node``.
+        chosen: the correct trajectory, whole (its first ``prefix_length`` steps are the shared prefix).
+        rejected: the wrong trajectory, whole, really answered by the teacher.
+    """
+
+    question_id: str
+    node: int
+    node_value: float
+    prefix_length: int
+    chosen: Chain
+    rejected: Chain
+
+    def map_points(self, convert: Callable[[Point], Point]) -> Pair:
+        """This pair with every point of both responses mapped by ``convert`` (see :meth:`Chain.map_points`)."""
+        return replace(self, chosen=self.chosen.map_points(convert), rejected=self.rejected.map_points(convert))
+
+
+def _parting(tree: Tree, a: ChainSource, b: ChainSource) -> Node:
+    """The deepest tree node on the paths of two trajectories (a rollout's path ends at the node it left from)."""
+    common = tree.root
+    for x, y in zip(tree.path(tree.nodes[a.node]), tree.path(tree.nodes[b.node]), strict=False):
+        if x.id != y.id:
+            break
+        common = x
+    return common
+
+
+def preference_pairs(
+    tree: Tree, question_id: str, config: LinearizeConfig | None = None, target_boxes: Sequence[Box] = ()
+) -> list[Pair]:
+    """Preference pairs of one question's tree: every correct chain (:func:`~trace_forge.search.tree.makes_chain`)
+    with every wrong trajectory that was really answered and has a grounded step, parting where their paths do.
+
+    Two different trajectories always part at exactly one node, so each pair is counted once, at the node where the
+    tree offered both a correct and a wrong continuation of the same grounded prefix.
+
+    Args:
+        tree: the question's search tree (points in the pixel frame).
+        question_id: the question's id (also mixed into the cap's seed).
+        config: the cap (``max_per_question``), seed and grounding filter (``min_grounding`` applies to the chosen
+            response: a wrong response may be ungrounded, which is part of what the pair teaches).
+        target_boxes: the question's target boxes (pixel frame), for ``min_grounding``.
+
+    Returns:
+        The pairs in (chosen, rejected) trajectory order, deduplicated by their two rendered responses, capped by a
+        seeded draw.
+    """
+    config = config or LinearizeConfig()
+    trajectories = _trajectories(tree, question_id)
+    chosen = [c for c in _direct_chains(trajectories) if grounded_enough(c.steps, target_boxes, config)]
+    rejected = [c for c in trajectories if not c.correct]
+    pairs: dict[tuple[str, str], Pair] = {}
+    for good in chosen:
+        for bad in rejected:
+            node = _parting(tree, good.source, bad.source)
+            pairs.setdefault((good.render(), bad.render()),
+                             Pair(question_id, node.id, node.value, len(tree.steps_to(node)), good, bad))
+    rng = random.Random(f"{config.seed}:{question_id}:preference")
+    return _draw(list(pairs.values()), config.max_per_question, rng)
+
+
+@dataclass(frozen=True)
+class StepPath:
+    """A root-to-leaf path of a tree's step nodes, with what the search learned about each step.
+
+    Attributes:
+        question_id: the question the tree was searched for.
+        nodes: the tree node of each step, root side first.
+        steps: the steps (points in the pixel frame, see :meth:`map_points`).
+        values: each node's MCTS value: the mean reward of every trajectory backed up through it.
+        visits: how many trajectories each value averages.
+    """
+
+    question_id: str
+    nodes: tuple[int, ...]
+    steps: tuple[Step, ...]
+    values: tuple[float, ...]
+    visits: tuple[int, ...]
+
+    def labels(self, threshold: float) -> tuple[bool, ...]:
+        """Each step good (True) when its value is at least ``threshold``."""
+        return tuple(v >= threshold for v in self.values)
+
+    def map_points(self, convert: Callable[[Point], Point]) -> StepPath:
+        """This path with every point mapped by ``convert`` and its literal rewritten."""
+        return replace(self, steps=_map_steps(self.steps, convert))
+
+
+def step_paths(tree: Tree, question_id: str, config: LinearizeConfig | None = None) -> list[StepPath]:
+    """Every path from the root to a leaf step node, with the nodes' values: one step-level sequence per leaf.
+
+    Only step nodes that a reward was backed up through count (a node never evaluated has no value); a leaf is such
+    a node with no such child. Rollout steps are not nodes and carry no value of their own, so they are left out.
+
+    Returns:
+        The paths in leaf order, deduplicated by their step texts, capped at ``config.max_per_question`` by a
+        seeded draw.
+    """
+    config = config or LinearizeConfig()
+
+    def valued(node: Node) -> bool:
+        return node.step is not None and node.visits > 0
+
+    paths: dict[tuple[str, ...], StepPath] = {}
+    for leaf in tree.nodes:
+        if not valued(leaf) or any(valued(tree.nodes[c]) for c in leaf.children):
+            continue
+        nodes = [n for n in tree.path(leaf) if n.step is not None]
+        steps = tuple(n.step for n in nodes)
+        paths.setdefault(tuple(s.render() for s in steps), StepPath(
+            question_id, tuple(n.id for n in nodes), steps, tuple(n.value for n in nodes),
+            tuple(n.visits for n in nodes)))
+    rng = random.Random(f"{config.seed}:{question_id}:stepwise")
+    return _draw(list(paths.values()), config.max_per_question, rng)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """Draw a grounded trace as one picture: the image with numbered point markers, the steps beside it, crops
-below.
+below. Where the question has target boxes, each marker is ringed green when its point is on target
+(:func:`~trace_forge.tasks.on_target`) and red when it is not, and the panel says which.
 
 :func:`render_trace` is the drawing; the loaders turn what is on disk into :class:`TraceView` objects to draw:
 
@@ -34,7 +35,7 @@ from trace_forge.grounding import Box, Frame, Point, Step, zoom
 from trace_forge.search.records import read_questions
 from trace_forge.search.store import TREES, RunStore
 from trace_forge.search.tree import Tree
-from trace_forge.tasks import Sample
+from trace_forge.tasks import Sample, on_target
 from trace_forge.tasks.prompts import lettered
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "TreeTrajectory",
     "render_trace",
     "tree_trajectories",
+    "step_flags",
     "best_trajectory",
     "asked",
     "dataset_views",
@@ -68,6 +70,8 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
 )
 ANSWER_COLOUR = (255, 215, 0)  # a point answer: gold ring, apart from every step colour
 BOX_COLOUR = (0, 255, 0)  # ground-truth target boxes
+ON_TARGET_COLOUR = (0, 200, 0)  # ring of a step point inside a target box
+OFF_TARGET_COLOUR = (230, 0, 0)  # ring of a step point outside every target box
 PANEL_WIDTH = 560
 CROP_SIDE = 200  # crops are shown at most this large
 MARGIN = 16
@@ -136,9 +140,15 @@ def _label(
 
 
 def _draw_markers(
-    image: Image.Image, points: Sequence[Point], answer: Point | None, boxes: Sequence[Box], scale: float
+    image: Image.Image,
+    points: Sequence[Point],
+    answer: Point | None,
+    boxes: Sequence[Box],
+    scale: float,
+    on_target: Sequence[bool] | None = None,
 ) -> None:
-    """Boxes, then step markers (filled disc + number tag), then the answer ring, all scaled by ``scale``."""
+    """Boxes, then step markers (filled disc + number tag, ringed green or red by ``on_target`` when given), then
+    the answer ring, all scaled by ``scale``."""
     draw = ImageDraw.Draw(image)
     radius = max(6, round(max(image.size) / 90))
     font = _font(max(12, round(radius * 1.8)))
@@ -148,6 +158,10 @@ def _draw_markers(
     for i, point in enumerate(points):
         x, y = point.x * scale, point.y * scale
         colour = PALETTE[i % len(PALETTE)]
+        if on_target is not None:
+            ring = radius + max(3, radius // 2)
+            draw.ellipse((x - ring, y - ring, x + ring, y + ring),
+                         fill=ON_TARGET_COLOUR if on_target[i] else OFF_TARGET_COLOUR)
         draw.ellipse(
             (x - radius, y - radius, x + radius, y + radius), fill=colour, outline=(255, 255, 255), width=2
         )
@@ -161,10 +175,17 @@ def _draw_markers(
 
 
 def _panel(
-    steps: Sequence[Step], answer: str, title: str | None, question: str | None, note: str | None, height: int
+    steps: Sequence[Step],
+    answer: str,
+    title: str | None,
+    question: str | None,
+    note: str | None,
+    height: int,
+    on_target: Sequence[bool] | None = None,
 ) -> Image.Image:
-    """The text column: title, question, numbered step texts (number in the step's colour), the answer, and a
-    note on it (why there is none, or that it was forced)."""
+    """The text column: title, question, numbered step texts (number in the step's colour, then "on target" in
+    green or "off target" in red when ``on_target`` is given), the answer, and a note on it (why there is none, or
+    that it was forced)."""
     font, big = _font(_FONT_SIZE), _font(_FONT_SIZE + 4)
     line_h, big_h = round(_FONT_SIZE * 1.35), round((_FONT_SIZE + 4) * 1.35)
     width = PANEL_WIDTH - 2 * MARGIN
@@ -183,6 +204,10 @@ def _panel(
         y += line_h // 2
     for i, step in enumerate(steps):
         ops.append((0, y, f"{i + 1}.", font, PALETTE[i % len(PALETTE)]))
+        if on_target is not None:
+            ops.append((indent, y, "on target" if on_target[i] else "off target", font,
+                        ON_TARGET_COLOUR if on_target[i] else OFF_TARGET_COLOUR))
+            y += line_h
         for line in _wrap(step.text, font, width - indent):
             ops.append((indent, y, line, font, _INK))
             y += line_h
@@ -233,6 +258,7 @@ def render_trace(
     note: str | None = None,
     answer_point: Point | None = None,
     target_boxes: Sequence[Box] = (),
+    on_target: Sequence[bool] | None = None,
     max_side: int = 1024,
 ) -> Image.Image:
     """Draw one trace: the image with a numbered marker per step, the step texts beside it, the crops below.
@@ -250,6 +276,8 @@ def render_trace(
         note: a line under the answer: why there is no answer, or how it came about (forced at a limit).
         answer_point: a point answer in the pixel frame, drawn as a gold ring.
         target_boxes: ground-truth boxes (pixel frame) drawn as green rectangles.
+        on_target: per step, whether its point is on target: a green ring and "on target" in the panel, or a red
+            ring and "off target"; None (no target boxes) draws neither.
         max_side: the image is scaled down (never up) so its longer side is at most this.
 
     Returns:
@@ -257,8 +285,11 @@ def render_trace(
         below them when there are crops.
 
     Raises:
-        ValueError: if a step point is not in the pixel frame (convert it first with ``Step.to``).
+        ValueError: if a step point is not in the pixel frame (convert it first with ``Step.to``), or
+            ``on_target`` does not have one flag per step.
     """
+    if on_target is not None and len(on_target) != len(steps):
+        raise ValueError(f"{len(on_target)} on-target flags for {len(steps)} steps")
     for step in steps:
         if step.point.frame is not Frame.PIXEL:
             raise ValueError(
@@ -270,8 +301,8 @@ def render_trace(
         base = base.resize(
             (max(1, round(base.width * scale)), max(1, round(base.height * scale))), Image.Resampling.LANCZOS
         )
-    _draw_markers(base, [s.point for s in steps], answer_point, target_boxes, scale)
-    panel = _panel(steps, answer, title, question, note, base.height)
+    _draw_markers(base, [s.point for s in steps], answer_point, target_boxes, scale, on_target)
+    panel = _panel(steps, answer, title, question, note, base.height, on_target)
     top_h = max(base.height, panel.height)
     width = base.width + panel.width
     strip = _crop_strip(crops, width) if crops else None
@@ -299,6 +330,7 @@ class TraceView:
     title: str = ""
     target_boxes: list[Box] = field(default_factory=list)
     answer_point: Point | None = None
+    on_target: list[bool] | None = None
     question: str = ""
     note: str = ""
 
@@ -313,6 +345,7 @@ class TraceView:
             note=self.note,
             answer_point=self.answer_point,
             target_boxes=self.target_boxes,
+            on_target=self.on_target,
             max_side=max_side,
         )
 
@@ -381,7 +414,17 @@ def asked(sample: Sample) -> str:
     return "  ".join([sample.question.strip(), *lettered(list(sample.options))])
 
 
-def dataset_views(path: str | Path, index: int = 0, split: str = "train") -> list[TraceView]:
+def step_flags(steps: Sequence[Step], boxes: Sequence[Box], margin: float = 0.0) -> list[bool] | None:
+    """Per step (pixel frame), whether it is on target; None without target boxes."""
+    return [on_target(s.point, boxes, margin) for s in steps] if boxes else None
+
+
+def _grounding_title(flags: list[bool] | None) -> str:
+    return "" if flags is None else f" · on target {sum(flags)}/{len(flags)}"
+
+
+def dataset_views(path: str | Path, index: int = 0, split: str = "train", grounding_margin: float = 0.0
+                  ) -> list[TraceView]:
     """Row ``index`` of split ``split`` of a linearized dataset (a folder written by ``linearize``).
 
     The first image of the row is the canvas; the others are its zoom crops in order (multi-turn rows). Points
@@ -399,9 +442,10 @@ def dataset_views(path: str | Path, index: int = 0, split: str = "train") -> lis
     row = TraceRow.from_row(ds[index], where=path)
     chain = row.chain.map_points(lambda p: p.to(Frame.PIXEL, row.geometry))
     verdict = "correct" if chain.correct else "wrong"
-    title = f"{row.sample.task} · {row.sample.id} · {chain.kind}/{row.mode} · {verdict}"
+    flags = step_flags(chain.steps, row.sample.target_boxes, grounding_margin)
+    title = f"{row.sample.task} · {row.sample.id} · {chain.kind}/{row.mode} · {verdict}{_grounding_title(flags)}"
     return [TraceView(row.images[0], list(chain.steps), chain.answer, list(row.images[1:]), title,
-                      row.sample.target_boxes, chain.answer_point, question=asked(row.sample))]
+                      row.sample.target_boxes, chain.answer_point, flags, question=asked(row.sample))]
 
 
 def run_views(
@@ -411,6 +455,7 @@ def run_views(
     all_correct: bool = False,
     zoom_crops: bool = True,
     data_dir: str | Path | None = None,
+    grounding_margin: float = 0.0,
 ) -> list[TraceView]:
     """Trajectories of question ``index`` (``trees.jsonl`` order) of a search run.
 
@@ -420,6 +465,7 @@ def run_views(
         all_correct: every correct trajectory instead of the most informative one (:func:`best_trajectory`).
         zoom_crops: also show the crop each step would zoom to, with the task's zoom spec (multi-turn view).
         data_dir: the task data, when not where ``run.json`` says (the run was made on another machine).
+        grounding_margin: pixels a point may lie outside a target box and still be on target.
 
     Raises:
         DataError: not a run directory, or the question's sample cannot be found.
@@ -452,9 +498,10 @@ def run_views(
         where = f"node {t.node}" + (f" rollout {t.rollout}" if t.rollout is not None else " (terminal)")
         verdict = "correct" if t.correct else "wrong"
         crops = [zoom(canvas, s.point.x, s.point.y, spec).image for s in t.steps] if zoom_crops else []
-        title = f"{record.question.task.name} · {record.id} · {where} · {verdict}"
+        flags = step_flags(t.steps, record.question.target_boxes, grounding_margin)
+        title = f"{record.question.task.name} · {record.id} · {where} · {verdict}{_grounding_title(flags)}"
         views.append(TraceView(canvas, t.steps, t.answer, crops, title, record.question.target_boxes,
-                               t.answer_point, question=asked(sample), note=t.note))
+                               t.answer_point, flags, question=asked(sample), note=t.note))
     return views
 
 
@@ -466,11 +513,13 @@ def load_views(
     all_correct: bool = False,
     zoom_crops: bool = True,
     data_dir: str | Path | None = None,
+    grounding_margin: float = 0.0,
 ) -> list[TraceView]:
     """:func:`run_views` when ``path`` holds a ``trees.jsonl``, else :func:`dataset_views`."""
     if (Path(path) / TREES).exists():
-        return run_views(path, index, all_correct=all_correct, zoom_crops=zoom_crops, data_dir=data_dir)
-    return dataset_views(path, index, split)
+        return run_views(path, index, all_correct=all_correct, zoom_crops=zoom_crops, data_dir=data_dir,
+                         grounding_margin=grounding_margin)
+    return dataset_views(path, index, split, grounding_margin)
 
 
 def save_views(views: Sequence[TraceView], out: str | Path, max_side: int = 1024) -> list[Path]:

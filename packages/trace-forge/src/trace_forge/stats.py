@@ -5,6 +5,11 @@ Counts come from the trees themselves (nodes, depths, branching, rollouts, corre
 repeats, stop reasons). A *correct trajectory* is one that linearization turns into a chain
 (:func:`~trace_forge.search.tree.makes_chain`), as in the search.
 
+Grounding precision (:class:`Grounding`) is the automatic counterpart of ViGoRL's human study of its points (72.8%
+judged accurate): the share of grounded steps whose point lies in a target box (:func:`~trace_forge.tasks.on_target`,
+optionally with a margin in pixels), over every step of the trees and over the steps of correct trajectories, each
+step counted once. Only questions with target boxes count; a run without any reports no precision (None).
+
 Example:
     >>> stats = run_stats("runs/vstar-sim")  # doctest: +SKIP
     >>> stats.solved, stats.questions  # doctest: +SKIP
@@ -14,17 +19,18 @@ Example:
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from trace_forge.durable import read_records
 from trace_forge.errors import DataError
-from trace_forge.search.records import QuestionRecord, read_questions
+from trace_forge.search.records import QuestionRecord, StepGrounding, read_questions
 from trace_forge.search.store import ERRORS, RUN_JSON, TREES, RunStore
-from trace_forge.search.tree import correct_trajectories
+from trace_forge.search.tree import Tree, chain_ends, correct_trajectories
 
-__all__ = ["CategoryStats", "RunStats", "run_stats", "records_stats"]
+__all__ = ["CategoryStats", "Grounding", "OnTarget", "RunStats", "run_stats", "records_stats"]
 
 # Record-stats counters reported on their own line rather than among the teacher usage totals.
 DEAD, DROPPED = "dead", "dropped_repeats"
@@ -41,6 +47,58 @@ class CategoryStats:
     @property
     def solved_share(self) -> float:
         return self.solved / self.questions if self.questions else 0.0
+
+
+@dataclass
+class OnTarget:
+    """On-target steps out of grounded steps."""
+
+    on_target: int = 0
+    steps: int = 0
+
+    @property
+    def precision(self) -> float | None:
+        """The on-target share; None without steps."""
+        return self.on_target / self.steps if self.steps else None
+
+    def add(self, flags: Iterable[bool]) -> None:
+        for flag in flags:
+            self.on_target += flag
+            self.steps += 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"on_target": self.on_target, "steps": self.steps, "precision": self.precision}
+
+
+@dataclass
+class Grounding:
+    """Grounding precision of the questions with target boxes.
+
+    Attributes:
+        questions: questions with target boxes (the only ones measured).
+        all_steps: every step of their trees, tree nodes and rollout steps.
+        correct_steps: the steps of their correct trajectories; a tree step shared by several counts once.
+    """
+
+    questions: int = 0
+    all_steps: OnTarget = field(default_factory=OnTarget)
+    correct_steps: OnTarget = field(default_factory=OnTarget)
+
+    def add(self, tree: Tree, flags: StepGrounding) -> None:
+        """Count one question's tree, its steps flagged by :meth:`QuestionRecord.step_grounding`."""
+        self.questions += 1
+        self.all_steps.add([*flags.nodes.values(), *(f for fs in flags.rollouts.values() for f in fs)])
+        nodes: set[int] = set()
+        rollouts: list[bool] = []
+        for node, rollout in chain_ends(tree):
+            nodes.update(n.id for n in tree.path(node) if n.step is not None)
+            if rollout is not None:
+                rollouts += flags.rollouts[(node.id, rollout)]
+        self.correct_steps.add([*(flags.nodes[i] for i in sorted(nodes)), *rollouts])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"questions": self.questions, "all_steps": self.all_steps.to_dict(),
+                "correct_steps": self.correct_steps.to_dict()}
 
 
 @dataclass
@@ -67,6 +125,9 @@ class RunStats:
         teacher: the teacher as ``run.json`` describes it.
         run_usage: the teacher client's usage counters as the search wrote them to ``run.json`` (``usage``:
             requests, retries, cache hits, cost, ...), numeric ones only.
+        grounding_margin: the margin (pixels) of the on-target test.
+        grounding: grounding precision over the questions with target boxes.
+        grounding_categories: the same per category (categories with target boxes only).
     """
 
     questions: int = 0
@@ -87,6 +148,9 @@ class RunStats:
     categories: dict[str, CategoryStats] = field(default_factory=dict)
     teacher: dict[str, Any] = field(default_factory=dict)
     run_usage: dict[str, float] = field(default_factory=dict)
+    grounding_margin: float = 0.0
+    grounding: Grounding = field(default_factory=Grounding)
+    grounding_categories: dict[str, Grounding] = field(default_factory=dict)
 
     @property
     def solved_share(self) -> float:
@@ -97,8 +161,16 @@ class RunStats:
         return self.rollouts_correct / self.rollouts if self.rollouts else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON: every field plus the derived shares; histogram keys become strings (JSON objects)."""
+        """Plain JSON: every field plus the derived shares; histogram keys become strings (JSON objects); grounding
+        under ``grounding_precision`` (``margin_px``, ``questions``, ``all_steps`` and ``correct_steps`` with
+        ``on_target``, ``steps`` and ``precision``, and the same per category)."""
         out = asdict(self)
+        for name in ("grounding_margin", "grounding", "grounding_categories"):
+            del out[name]
+        out["grounding_precision"] = {
+            "margin_px": self.grounding_margin, **self.grounding.to_dict(),
+            "categories": {name: g.to_dict() for name, g in self.grounding_categories.items()},
+        }
         out["depth_histogram"] = {str(k): v for k, v in self.depth_histogram.items()}
         out["branching_histogram"] = {str(k): v for k, v in self.branching_histogram.items()}
         out["categories"] = {
@@ -115,10 +187,10 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def records_stats(records: list[QuestionRecord]) -> RunStats:
+def records_stats(records: list[QuestionRecord], grounding_margin: float = 0.0) -> RunStats:
     """:class:`RunStats` of ``trees.jsonl`` records (``failed``, ``teacher`` and ``run_usage`` are left
-    empty)."""
-    s = RunStats(questions=len(records))
+    empty); a step is on target within ``grounding_margin`` pixels of a target box."""
+    s = RunStats(questions=len(records), grounding_margin=grounding_margin)
     depths: Counter[int] = Counter()
     branching: Counter[int] = Counter()
     stops: Counter[str] = Counter()
@@ -144,6 +216,10 @@ def records_stats(records: list[QuestionRecord]) -> RunStats:
         cat.questions += 1
         cat.solved += correct > 0
         cat.correct_trajectories += correct
+        flags = record.step_grounding(grounding_margin)
+        if flags is not None:
+            s.grounding.add(tree, flags)
+            s.grounding_categories.setdefault(record.question.category or "-", Grounding()).add(tree, flags)
         counters = record.stats
         s.dead += int(counters.get(DEAD, 0))
         s.dropped += int(counters.get(DROPPED, 0))
@@ -158,11 +234,13 @@ def records_stats(records: list[QuestionRecord]) -> RunStats:
     s.stop_reasons = dict(sorted(stops.items()))
     s.usage = dict(sorted(usage.items()))
     s.categories = dict(sorted(categories.items()))
+    s.grounding_categories = dict(sorted(s.grounding_categories.items()))
     return s
 
 
-def run_stats(run_dir: str | Path) -> RunStats:
-    """:class:`RunStats` of a run directory: ``trees.jsonl``, ``errors.jsonl`` and ``run.json``.
+def run_stats(run_dir: str | Path, grounding_margin: float = 0.0) -> RunStats:
+    """:class:`RunStats` of a run directory: ``trees.jsonl``, ``errors.jsonl`` and ``run.json``; a step is on
+    target within ``grounding_margin`` pixels of a target box.
 
     Raises:
         DataError: ``run_dir`` has neither ``trees.jsonl`` nor ``run.json``, or a file is corrupt.
@@ -171,7 +249,7 @@ def run_stats(run_dir: str | Path) -> RunStats:
     if not (root / TREES).exists() and not (root / RUN_JSON).exists():
         raise DataError("not a run directory (no trees.jsonl or run.json)", path=root)
     records = [record for _, record in read_questions(root / TREES)]
-    stats = records_stats(records)
+    stats = records_stats(records, grounding_margin)
     finished = {r.id for r in records}
     stats.failed = len({e["question_id"] for e in read_records(root / ERRORS)} - finished)
     run = RunStore(root).read_run()

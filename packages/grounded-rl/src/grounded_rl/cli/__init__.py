@@ -15,7 +15,7 @@ from trace_forge.cli import run, version_option
 
 app = typer.Typer(
     name="grounded-rl",
-    help="SFT and GRPO (single- and multi-turn zoom) for visually grounded reasoning, and pinned evaluation.",
+    help="SFT, DPO and GRPO (single- and multi-turn zoom) for visually grounded reasoning, and pinned evaluation.",
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode="rich",
@@ -33,7 +33,7 @@ def _versions() -> str:
 
 @app.callback()
 def _root(version: Annotated[bool, version_option(_versions)] = False) -> None:
-    """SFT and GRPO (single- and multi-turn zoom) for visually grounded reasoning, and pinned evaluation."""
+    """SFT, DPO and GRPO (single- and multi-turn zoom) for visually grounded reasoning, and pinned evaluation."""
 
 
 @app.command()
@@ -42,7 +42,7 @@ def version() -> None:
     typer.echo(_versions())
 
 
-for _name in ("models", "eval", "sft", "train"):
+for _name in ("models", "eval", "sft", "dpo", "train"):
     importlib.import_module(f"grounded_rl.cli.{_name}")
 
 

@@ -1,4 +1,5 @@
-"""``trace-forge linearize``: turn a search run into a Hugging Face training dataset."""
+"""``trace-forge linearize``: turn a search run into a Hugging Face training dataset: SFT chains, preference pairs
+or step-level labels."""
 
 from __future__ import annotations
 
@@ -23,6 +24,16 @@ Examples:
   trace-forge linearize runs/vstar-sim --mode single --processor runs/tiny --out runs/vstar-sim/dataset-tiny
 
   trace-forge linearize runs/vstar-72b --mode single --frame model --max-pixels 4194304 --no-backtracking
+
+  # only chains whose steps are at least 75% on a target box (within 20 px)
+
+  trace-forge linearize runs/vstar-sim --mode single --min-grounding 0.75 --grounding-margin 20
+
+  # DPO pairs (TRL's preference format) and step-level labels (TRL's stepwise supervision) from the same trees
+
+  trace-forge linearize runs/vstar-sim --mode preference --processor runs/tiny
+
+  trace-forge linearize runs/vstar-sim --mode stepwise --label-threshold 0.5
 """
 
 
@@ -31,7 +42,10 @@ def linearize_command(
     run_dir: Annotated[
         Path, typer.Argument(exists=True, file_okay=False, help="Search run folder (run.json, trees.jsonl).")
     ],
-    mode: Annotated[str, typer.Option(help="single: one response per chain; multi: zoom tool dialogs.")],
+    mode: Annotated[str, typer.Option(help=(
+        "single: one response per chain; multi: zoom tool dialogs; preference: chosen/rejected pairs of sibling "
+        "branches (TRL DPO); stepwise: paths of tree steps labelled by their MCTS values (TRL stepwise "
+        "supervision)."))],
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Output folder; default RUN_DIR/dataset-<mode>.")
     ] = None,
@@ -57,6 +71,12 @@ def linearize_command(
         LinearizeConfig, "include_backtracking"),
     max_zooms: Annotated[int, flag(LinearizeConfig, "max_zooms", min=0)] = default(LinearizeConfig, "max_zooms"),
     seed: Annotated[int, flag(LinearizeConfig, "seed")] = default(LinearizeConfig, "seed"),
+    min_grounding: Annotated[float | None, flag(LinearizeConfig, "min_grounding", min=0.0, max=1.0)] = default(
+        LinearizeConfig, "min_grounding"),
+    grounding_margin: Annotated[float, flag(LinearizeConfig, "grounding_margin", min=0.0)] = default(
+        LinearizeConfig, "grounding_margin"),
+    label_threshold: Annotated[float, flag(LinearizeConfig, "label_threshold", min=0.0, max=1.0)] = default(
+        LinearizeConfig, "label_threshold"),
     val_fraction: Annotated[
         float, typer.Option(min=0.0, max=0.99, help="Share of questions in the validation split.")
     ] = 0.05,
@@ -64,8 +84,9 @@ def linearize_command(
         bool, typer.Option("--overwrite", help="Replace an earlier dataset in the output.")
     ] = False,
 ) -> None:
-    """Linearize every tree of a run into chains and write them as a dataset folder (Hub layout, one copy)."""
-    from trace_forge.dataset import MODES, linearize_run  # datasets is slow to import; keep --help fast
+    """Linearize every tree of a run into chains, preference pairs or step-level labels, and write them as a dataset
+    folder (Hub layout, one copy)."""
+    from trace_forge.dataset import MODES, SFT_MODES, linearize_run  # datasets is slow: keep --help fast
     from trace_forge.errors import ConfigError
     from trace_forge.grounding import Frame, Resize, View
 
@@ -82,16 +103,19 @@ def linearize_command(
         resize = Resize(min_pixels=min_pixels, max_pixels=max_pixels, factor=factor) if frame == "model" else None
         view = View(Frame(frame), resize)
     config = LinearizeConfig(connector=connector, max_per_question=max_per_question,
-                             include_backtracking=include_backtracking, seed=seed, max_zooms=max_zooms)
+                             include_backtracking=include_backtracking, seed=seed, max_zooms=max_zooms,
+                             min_grounding=min_grounding, grounding_margin=grounding_margin,
+                             label_threshold=label_threshold)
     target = out_dir or run_dir / f"dataset-{mode}"
-    with console.status(f"linearizing {run_dir} ({mode}-turn)"):
+    with console.status(f"linearizing {run_dir} ({mode})"):
         counts = linearize_run(run_dir, target, mode, config, view=view, data_dir=data_dir,
                                val_fraction=val_fraction, overwrite=overwrite)
 
-    table = Table("split", "questions", "direct", "backtracking", "chains",
-                  title=f"{run_dir.name} ({mode}-turn, points in the {view.frame.value} frame)")
-    for split, kinds in counts.rows.items():
-        values = (counts.questions[split], kinds["direct"], kinds["backtracking"], sum(kinds.values()))
+    kinds = ("direct", "backtracking") if mode in SFT_MODES else ()
+    table = Table("split", "questions", *kinds, counts.unit,
+                  title=f"{run_dir.name} ({mode}, points in the {view.frame.value} frame)")
+    for split, found in counts.rows.items():
+        values = (counts.questions[split], *(found[k] for k in kinds), sum(found.values()))
         table.add_row(split, *map(str, values))
     out.print(table)
     out.print(f"saved to {target}", highlight=False)

@@ -4,7 +4,7 @@ Examples:
     trace-forge show runs/vstar --index 3 --out trace.png        # most informative trajectory of question 3
     trace-forge show runs/vstar --index 3 --all-correct --out t.png
     trace-forge show runs/vstar/dataset-multi --split validation --index 0 --out row.png
-    trace-forge stats runs/vstar [--json]
+    trace-forge stats runs/vstar [--json] [--grounding-margin 20]
     trace-forge merge runs/vstar runs/vstar-shard0 runs/vstar-shard1
     trace-forge publish runs/vstar/dataset-single --repo-id my-org/vstar-traces
 """
@@ -13,12 +13,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from trace_forge.cli._app import app, console, out
+from trace_forge.cli.options import default, flag
+from trace_forge.linearize import LinearizeConfig
+
+if TYPE_CHECKING:
+    from trace_forge.stats import OnTarget, RunStats
 
 
 @app.command("show")
@@ -39,8 +44,11 @@ def show(
         Path | None, typer.Option("--data-dir", help="Run: the task data, if not where run.json says.")
     ] = None,
     max_side: Annotated[int, typer.Option(min=64, help="Scale the image down to this longer side.")] = 1024,
+    grounding_margin: Annotated[float, flag(LinearizeConfig, "grounding_margin", min=0.0)] = default(
+        LinearizeConfig, "grounding_margin"),
 ) -> None:
-    """Draw a trace: the image with numbered point markers, the question, steps and answer beside it, crops below.
+    """Draw a trace: the image with numbered point markers (ringed green on a target box, red off it), the question,
+    steps and answer beside it, zoom crops below.
 
     From a run, the question's most informative trajectory: a correct one with the most distinct grounded points.
 
@@ -48,7 +56,8 @@ def show(
     """
     from trace_forge.show import load_views, save_views
 
-    views = load_views(path, index, split=split, all_correct=all_correct, zoom_crops=zoom, data_dir=data_dir)
+    views = load_views(path, index, split=split, all_correct=all_correct, zoom_crops=zoom, data_dir=data_dir,
+                       grounding_margin=grounding_margin)
     for written in save_views(views, out_file, max_side):
         out.print(str(written), highlight=False)
 
@@ -64,14 +73,17 @@ def _histogram(title: str, label: str, hist: dict[int, int]) -> Table:
 def stats(
     run_dir: Annotated[Path, typer.Argument(metavar="DIR", help="A search run directory.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+    grounding_margin: Annotated[float, flag(LinearizeConfig, "grounding_margin", min=0.0)] = default(
+        LinearizeConfig, "grounding_margin"),
 ) -> None:
-    """Summarize a search run: yield, tree shape, rollout accuracy, dead samples, the teacher and its usage.
+    """Summarize a search run: yield, tree shape, rollout accuracy, grounding precision (steps on a target box),
+    dead samples, the teacher and its usage.
 
     Example: trace-forge stats runs/vstar-sim --json > stats.json
     """
     from trace_forge.stats import run_stats
 
-    s = run_stats(run_dir)
+    s = run_stats(run_dir, grounding_margin)
     if as_json:
         typer.echo(json.dumps(s.to_dict(), indent=2, sort_keys=True))
         return
@@ -98,6 +110,7 @@ def stats(
             name, str(c.questions), str(c.solved), f"{c.solved_share:.1%}", str(c.correct_trajectories)
         )
     out.print(categories)
+    out.print(_grounding_table(s))
     teacher = Table("", "value", title="teacher")
     for key, value in s.teacher.items():
         teacher.add_row(key, str(value))
@@ -106,6 +119,23 @@ def stats(
     for key in sorted(set(s.usage) | set(s.run_usage)):
         usage.add_row(key, _number(s.usage.get(key)), _number(s.run_usage.get(key)))
     out.print(usage)
+
+
+def _grounding_table(s: RunStats) -> Table | str:
+    """Grounding precision overall and per category: on-target steps / steps (share), all and correct ones."""
+    if not s.grounding.questions:
+        return "grounding precision: not applicable (no question has target boxes)"
+    table = Table("", "questions", "all steps on target", "steps of correct trajectories on target",
+                  title=f"grounding precision (points inside a target box, margin {s.grounding_margin:g} px)")
+
+    def share(counts: OnTarget) -> str:
+        if counts.precision is None:
+            return "-"
+        return f"{counts.on_target}/{counts.steps} ({counts.precision:.1%})"
+
+    for name, g in [("all questions", s.grounding), *s.grounding_categories.items()]:
+        table.add_row(name, str(g.questions), share(g.all_steps), share(g.correct_steps))
+    return table
 
 
 def _number(value: float | None) -> str:

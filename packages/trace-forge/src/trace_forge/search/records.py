@@ -5,6 +5,10 @@
 - :class:`QuestionRecord` is one line of ``trees.jsonl``: the question as it was asked (:class:`Question`: text,
   options, ground truth, target boxes, the images it was asked about and their size) with its search tree.
 
+Whether each step of a tree lands on a target box (:meth:`QuestionRecord.step_grounding`) is derived from the
+record, not stored: every step's point and every target box are already in the pixel frame of the canvas, so the
+flags follow whatever margin a reader asks for, and runs searched before the measure existed have it too.
+
 A record carries everything later stages need, so linearization, ``show``, ``stats`` and GRPO never reload the
 benchmark to learn what was asked. Images are referenced, not copied: a file of the task data by its path
 relative to the run's ``data_dir`` (so data that moved can be pointed at again), any other file by its absolute
@@ -31,7 +35,7 @@ from trace_forge.durable import check_version, read_records, write_atomic
 from trace_forge.errors import DataError
 from trace_forge.grounding import Box
 from trace_forge.search.tree import Tree
-from trace_forge.tasks import AnswerKind, Sample, TaskSpec
+from trace_forge.tasks import AnswerKind, Sample, TaskSpec, on_target
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -39,6 +43,7 @@ __all__ = [
     "Question",
     "QuestionRecord",
     "RunRecord",
+    "StepGrounding",
     "check_schema",
     "read_questions",
     "store_images",
@@ -231,6 +236,21 @@ class Question:
         )
 
 
+@dataclass(frozen=True)
+class StepGrounding:
+    """Whether each step of a question's tree is on target (:func:`~trace_forge.tasks.on_target`).
+
+    Attributes:
+        margin: the margin the flags were computed with, in pixels of the canvas.
+        nodes: tree node id -> whether its step is on target (nodes with a step only).
+        rollouts: ``(node id, rollout index)`` -> whether each of the rollout's steps is on target, in order.
+    """
+
+    margin: float
+    nodes: dict[int, bool]
+    rollouts: dict[tuple[int, int], tuple[bool, ...]]
+
+
 @dataclass
 class QuestionRecord:
     """One ``trees.jsonl`` line: a question, its search tree, the teacher that wrote it and what it cost.
@@ -252,6 +272,20 @@ class QuestionRecord:
     @property
     def id(self) -> str:
         return self.question.id
+
+    def step_grounding(self, margin: float = 0.0) -> StepGrounding | None:
+        """Whether every step of the tree (tree nodes and rollout steps) lands on a target box grown by ``margin``
+        pixels; None for a question without target boxes, where grounding precision does not apply."""
+        boxes = self.question.target_boxes
+        if not boxes:
+            return None
+        nodes = self.tree.nodes
+        return StepGrounding(
+            margin,
+            {n.id: on_target(n.step.point, boxes, margin) for n in nodes if n.step is not None},
+            {(n.id, i): tuple(on_target(s.point, boxes, margin) for s in r.steps)
+             for n in nodes for i, r in enumerate(n.rollouts)},
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {

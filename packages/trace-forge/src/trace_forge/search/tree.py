@@ -9,12 +9,14 @@ selection and backup rules can be tested on hand-built trees.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from trace_forge.grounding import Point, Step
 
-__all__ = ["Rollout", "Node", "Tree", "ucb", "select", "backup", "makes_chain", "correct_trajectories"]
+__all__ = ["Rollout", "Node", "Tree", "ucb", "select", "backup", "makes_chain", "chain_ends",
+           "correct_trajectories"]
 
 
 @dataclass
@@ -197,11 +199,18 @@ def makes_chain(reward: float | None, answered: bool, steps: int) -> bool:
     return reward is not None and reward >= 1 and answered and steps > 0
 
 
-def correct_trajectories(tree: Tree) -> int:
-    """Terminal nodes and rollouts of ``tree`` that :func:`makes_chain`."""
-    total = 0
+def chain_ends(tree: Tree) -> Iterator[tuple[Node, int | None]]:
+    """Where each trajectory of ``tree`` that :func:`makes_chain` ends, in node order: ``(terminal node, None)``
+    or ``(node, rollout index)``."""
     for node in tree.nodes:
         prefix = len(tree.steps_to(node))
-        total += node.terminal and makes_chain(node.reward, True, prefix)
-        total += sum(makes_chain(r.reward, r.answered, prefix + len(r.steps)) for r in node.rollouts)
-    return total
+        if node.terminal and makes_chain(node.reward, True, prefix):
+            yield node, None
+        for i, r in enumerate(node.rollouts):
+            if makes_chain(r.reward, r.answered, prefix + len(r.steps)):
+                yield node, i
+
+
+def correct_trajectories(tree: Tree) -> int:
+    """Terminal nodes and rollouts of ``tree`` that :func:`makes_chain`."""
+    return sum(1 for _ in chain_ends(tree))

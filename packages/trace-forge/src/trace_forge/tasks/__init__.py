@@ -18,7 +18,7 @@ from trace_forge.tasks import (  # noqa: F401  (registers the tasks)
 )
 from trace_forge.tasks.base import Task, TaskSpec, get_task, parse_task_options, task_names, task_options
 from trace_forge.tasks.sample import AnswerKind, Sample
-from trace_forge.tasks.scoring import Verdict, score_answer
+from trace_forge.tasks.scoring import Verdict, on_target, on_target_share, score_answer
 
 __all__ = [
     "AnswerKind",
@@ -27,6 +27,8 @@ __all__ = [
     "TaskSpec",
     "Verdict",
     "get_task",
+    "on_target",
+    "on_target_share",
     "parse_task_options",
     "score_answer",
     "task_names",

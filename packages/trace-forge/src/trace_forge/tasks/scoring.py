@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import string
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -35,6 +36,8 @@ __all__ = [
     "score_point",
     "score_text",
     "official_point",
+    "on_target",
+    "on_target_share",
 ]
 
 # "Answer: B", "The final answer is (B)", "Option B" -> "B" / "(B)": wrappers models add around a choice.
@@ -194,6 +197,45 @@ def score_point(pred: str | Point | None, boxes: list[Box]) -> float:
             return 0.0
         pred = Point(xy[0], xy[1], boxes[0].frame)
     return float(any(box.contains(pred) for box in boxes))
+
+
+def on_target(point: Point, boxes: Sequence[Box], margin: float = 0.0) -> bool:
+    """Whether a grounded point lands on its evidence: inside one of the target boxes grown by ``margin`` on every
+    side, border included. The one "on target" test of grounding precision: search statistics, ``show``,
+    ``linearize --min-grounding``, evaluation and the step-grounding reward all call it.
+
+    Points and boxes must be in one frame; every caller passes the pixel frame of the sample canvas (points
+    converted as they are stored), so ``margin`` is in pixels of the original image, whatever model wrote the point.
+
+    Raises:
+        ValueError: no boxes (grounding precision does not apply: callers report that instead of a 0), a negative
+            margin, or a point in another frame than the boxes.
+
+    Example:
+        >>> box = Box(10, 20, 30, 40)
+        >>> on_target(Point(30, 40), [box]), on_target(Point(33, 40), [box]), on_target(Point(33, 40), [box], 3)
+        (True, False, True)
+    """
+    if not boxes:
+        raise ValueError("on_target needs at least one target box")
+    if margin < 0:
+        raise ValueError(f"the grounding margin must be >= 0 pixels, got {margin}")
+    return any(Box(b.x1 - margin, b.y1 - margin, b.x2 + margin, b.y2 + margin, b.frame).contains(point)
+               for b in boxes)
+
+
+def on_target_share(points: Sequence[Point], boxes: Sequence[Box], margin: float = 0.0) -> float | None:
+    """The share of ``points`` that are :func:`on_target`; None where it does not apply (no boxes, or no point).
+
+    Example:
+        >>> on_target_share([Point(15, 25), Point(90, 90)], [Box(10, 20, 30, 40)])
+        0.5
+        >>> on_target_share([Point(15, 25)], []) is None
+        True
+    """
+    if not boxes or not points:
+        return None
+    return sum(on_target(p, boxes, margin) for p in points) / len(points)
 
 
 _PUNCT_AND_SPACE = string.punctuation + string.whitespace
