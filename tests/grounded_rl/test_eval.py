@@ -371,10 +371,11 @@ def test_resume_after_kill_and_torn_line_gives_the_same_summary(tmp_path: Path) 
         assert len(lines) == 7
         # A kill mid-write: the last line torn in half.
         (out / SAMPLES_FILE).write_bytes(b"".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])
-        before = server.request_count
-        resumed = run(config(task, samples=k), server, out)
+    # The server restarted elsewhere (another port): where it lives is not part of the protocol.
+    with serve(Script(samples)) as moved:
+        resumed = run(config(task, samples=k), moved, out)
         # 6 complete records = 3 whole questions are skipped; the question of the torn record is asked again.
-        assert server.request_count - before == len(samples) - 3
+        assert moved.request_count == len(samples) - 3
     assert resumed["metrics"] == full["metrics"]
     assert resumed["counts"] == full["counts"]
     records = list(read_records(out / SAMPLES_FILE))

@@ -459,7 +459,6 @@ def protocol(config: EvalConfig, task: Task, view: View) -> dict[str, Any]:
         "split": config.split or task.default_split,
         "model": config.model,
         "backend": config.backend,
-        "base_urls": list(config.base_urls),
         "mode": "multi" if config.multi_turn else "single",
         "samples": config.samples,
         "decoding": {"temperature": config.temperature, "top_p": config.top_p, "max_tokens": config.max_tokens},

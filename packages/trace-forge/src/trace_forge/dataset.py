@@ -58,7 +58,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from functools import cache, cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from datasets import Features, Image, List, Value
 from PIL import Image as PILImage
@@ -69,9 +69,12 @@ from trace_forge.errors import ConfigError, DataError
 from trace_forge.grounding import TOOL_RESPONSE, Box, Frame, ImageGeometry, Point, Resize, Step, View, zoom_on
 from trace_forge.grounding.zoom import ZoomSpec
 from trace_forge.linearize import (
+    MODES,
+    SFT_MODES,
     Chain,
     ChainSource,
     LinearizeConfig,
+    Mode,
     Pair,
     StepPath,
     dialog_turns,
@@ -116,9 +119,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Mode = Literal["single", "multi", "preference", "stepwise"]
-SFT_MODES: tuple[Mode, ...] = ("single", "multi")
-MODES: tuple[Mode, ...] = (*SFT_MODES, "preference", "stepwise")
 ROW_SCHEMA_VERSION = 2
 """1: trace-forge 0.1.0 (``hf/`` + ``parquet/`` copies, points in pixels only, no question facts). 2: this layout."""
 PREFERENCE_SCHEMA_VERSION = 1
@@ -944,6 +944,7 @@ def linearize_run(
     data_dir: str | Path | None = None,
     val_fraction: float = 0.05,
     overwrite: bool = False,
+    on_question: Callable[[int, int], None] | None = None,
 ) -> DataCounts:
     """Turn a search run directory into a training dataset folder.
 
@@ -961,6 +962,7 @@ def linearize_run(
         data_dir: where the task data is now, when it moved since the run (default: ``run.json``'s).
         val_fraction: share of questions in the validation split.
         overwrite: replace an earlier dataset in ``out_dir``.
+        on_question: called with ``(questions done, questions in all)`` after each question (progress displays).
 
     Raises:
         DataError: no ``run.json``, no finished question, no chain at all, or a question whose images are
@@ -989,13 +991,15 @@ def linearize_run(
     data = data_dir if data_dir is not None else run.data_dir
 
     def questions() -> Iterator[tuple[str, list[dict[str, Any]]]]:
-        for line, record in records:
+        for done, (line, record) in enumerate(records, 1):
             try:
                 sample = record.question.sample(run_dir, data)
                 rows = question_rows(record, sample, mode, config, view=view, run_id=run_dir.name)
             except DataError as e:
                 raise DataError(f"question {record.id!r}: {e}", path=store.trees_path, line=line) from e
             yield ("validation" if (record.question.task.name, record.id) in validation else "train"), rows
+            if on_question is not None:
+                on_question(done, len(records))
 
     provenance = Provenance.of_run(run_dir, run, view.to_dict(), {"mode": mode, **asdict(config)})
     with OutputLock(out_dir, "linearize"):

@@ -56,7 +56,10 @@ __all__ = [
     "ChainKind",
     "ChainSource",
     "LinearizeConfig",
+    "MODES",
+    "Mode",
     "Pair",
+    "SFT_MODES",
     "StepPath",
     "Turn",
     "dialog_turns",
@@ -69,6 +72,12 @@ __all__ = [
 
 _T = TypeVar("_T")
 ChainKind = Literal["direct", "backtracking"]
+
+Mode = Literal["single", "multi", "preference", "stepwise"]
+"""What a dataset's rows are: SFT chains (single response, or multi-turn zoom dialog), preference pairs or
+step-level labels."""
+SFT_MODES: tuple[Mode, ...] = ("single", "multi")
+MODES: tuple[Mode, ...] = (*SFT_MODES, "preference", "stepwise")
 _KINDS: tuple[ChainKind, ...] = ("direct", "backtracking")
 
 REPEAT_RADIUS_PX = 10.0

@@ -4,15 +4,19 @@ or step-level labels."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.table import Table
 
-from trace_forge.cli._app import app, console, out
+from trace_forge.cli._app import app, out
 from trace_forge.cli.options import default, flag
+from trace_forge.cli.progress import Progress
+from trace_forge.grounding import Frame
 from trace_forge.grounding.frames import QWEN_FACTOR, QWEN_MAX_PIXELS, QWEN_MIN_PIXELS
-from trace_forge.linearize import LinearizeConfig
+from trace_forge.linearize import SFT_MODES, LinearizeConfig, Mode
+
+FrameName = Literal[tuple(f.value for f in Frame)]  # listed in --help; another value is a usage error
 
 _EXAMPLES = """\
 Examples:
@@ -42,7 +46,7 @@ def linearize_command(
     run_dir: Annotated[
         Path, typer.Argument(exists=True, file_okay=False, help="Search run folder (run.json, trees.jsonl).")
     ],
-    mode: Annotated[str, typer.Option(help=(
+    mode: Annotated[Mode, typer.Option(help=(
         "single: one response per chain; multi: zoom tool dialogs; preference: chosen/rejected pairs of sibling "
         "branches (TRL DPO); stepwise: paths of tree steps labelled by their MCTS values (TRL stepwise "
         "supervision)."))],
@@ -52,7 +56,7 @@ def linearize_command(
     data_dir: Annotated[
         Path | None, typer.Option("--data-dir", help="Task data folder, when it moved since the run.")
     ] = None,
-    frame: Annotated[str, typer.Option(help=(
+    frame: Annotated[FrameName, typer.Option(help=(
         "The frame to write points in: pixel (of the image; model-agnostic), model (pixels of the image as a "
         "Qwen2.5-VL processor resizes it, see --max-pixels) or norm1000 (Qwen3-VL's 0-1000 grid)."))] = "pixel",
     processor: Annotated[Path | None, typer.Option(exists=True, file_okay=False, help=(
@@ -86,14 +90,10 @@ def linearize_command(
 ) -> None:
     """Linearize every tree of a run into chains, preference pairs or step-level labels, and write them as a dataset
     folder (Hub layout, one copy)."""
-    from trace_forge.dataset import MODES, SFT_MODES, linearize_run  # datasets is slow: keep --help fast
+    from trace_forge.dataset import linearize_run  # datasets is slow: keep --help fast
     from trace_forge.errors import ConfigError
-    from trace_forge.grounding import Frame, Resize, View
+    from trace_forge.grounding import Resize, View
 
-    if mode not in MODES:
-        raise ConfigError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if frame not in [f.value for f in Frame]:
-        raise ConfigError(f"--frame must be one of {', '.join(f.value for f in Frame)}, got {frame!r}")
     if processor is not None:
         try:
             view = View.of_checkpoint(processor)
@@ -107,9 +107,10 @@ def linearize_command(
                              min_grounding=min_grounding, grounding_margin=grounding_margin,
                              label_threshold=label_threshold)
     target = out_dir or run_dir / f"dataset-{mode}"
-    with console.status(f"linearizing {run_dir} ({mode})"):
+    with Progress(f"linearize {mode}", None) as progress:
         counts = linearize_run(run_dir, target, mode, config, view=view, data_dir=data_dir,
-                               val_fraction=val_fraction, overwrite=overwrite)
+                               val_fraction=val_fraction, overwrite=overwrite,
+                               on_question=lambda done, total: progress.update(done, total=total))
 
     kinds = ("direct", "backtracking") if mode in SFT_MODES else ()
     table = Table("split", "questions", *kinds, counts.unit,
