@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from dataclasses import Field, fields
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.table import Table
 
 from grounded_rl.cli import app
 from grounded_rl.demo import DemoConfig
-from grounded_rl.eval import EvalConfig
-from trace_forge.cli import console
+from grounded_rl.eval import API_BACKENDS, API_FRAMES, LOCAL_BACKENDS, EvalConfig
+from trace_forge.cli import Progress, console
+from trace_forge.cli import out as stdout
 from trace_forge.tasks import AnswerKind
 
 
@@ -28,6 +29,9 @@ def _eval_help(name: str) -> str:
 def _demo_help(name: str) -> str:
     return _field(DemoConfig, name).metadata["help"]
 
+
+Backend = Literal[(*LOCAL_BACKENDS, *API_BACKENDS)]  # listed in --help; another value is a usage error
+ApiFrame = Literal[API_FRAMES]
 
 _EVAL_DEFAULT = {f.name: f.default for f in fields(EvalConfig)}
 _DEMO_DEFAULT = {f.name: f.default for f in fields(DemoConfig)}
@@ -61,12 +65,12 @@ Examples:
 def eval_command(
     model: Annotated[str, typer.Option(help=_eval_help("model"))],
     task: Annotated[str, typer.Option(help=_eval_help("task"))],
-    out: Annotated[Path, typer.Option(help="Output directory; rerun with the same settings to resume.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Output directory; rerun with the same settings to resume.")],
     data_dir: Annotated[str | None, typer.Option(help=_eval_help("data_dir"))] = _EVAL_DEFAULT["data_dir"],
     option: Annotated[
         list[str] | None,
-        typer.Option("--option", "-o", help=_eval_help("task_options") + " KEY=VALUE, VALUE read as JSON if it "
-                     "parses; repeatable."),
+        typer.Option("--option", "-o", help=_eval_help("task_options") + " KEY=VALUE, repeatable (each task's: "
+                     "trace-forge tasks show --help)."),
     ] = None,
     split: Annotated[str | None, typer.Option(help=_eval_help("split"))] = _EVAL_DEFAULT["split"],
     limit: Annotated[int | None, typer.Option(help=_eval_help("limit"))] = _EVAL_DEFAULT["limit"],
@@ -77,10 +81,10 @@ def eval_command(
     max_tokens: Annotated[int, typer.Option(help=_eval_help("max_tokens"))] = _EVAL_DEFAULT["max_tokens"],
     seed: Annotated[int, typer.Option(help=_eval_help("seed"))] = _EVAL_DEFAULT["seed"],
     max_images: Annotated[int, typer.Option(help=_eval_help("max_images"))] = _EVAL_DEFAULT["max_images"],
-    backend: Annotated[str, typer.Option(help=_eval_help("backend"))] = _EVAL_DEFAULT["backend"],
+    backend: Annotated[Backend, typer.Option(help=_eval_help("backend"))] = _EVAL_DEFAULT["backend"],
     base_url: Annotated[list[str] | None, typer.Option(help=_eval_help("base_urls") + " Repeat for replicas.")] = None,
     max_pixels: Annotated[int | None, typer.Option(help=_eval_help("max_pixels"))] = _EVAL_DEFAULT["max_pixels"],
-    frame: Annotated[str, typer.Option(help=_eval_help("frame"))] = _EVAL_DEFAULT["frame"],
+    frame: Annotated[ApiFrame, typer.Option(help=_eval_help("frame"))] = _EVAL_DEFAULT["frame"],
     concurrency: Annotated[int, typer.Option(help=_eval_help("concurrency"))] = _EVAL_DEFAULT["concurrency"],
     timeout: Annotated[float, typer.Option("--timeout", min=0.1, help=_eval_help("timeout_s"))] = _EVAL_DEFAULT[
         "timeout_s"],
@@ -94,8 +98,6 @@ def eval_command(
     server refuses for good (e.g. a prompt over its context length) or whose replies stay malformed is recorded
     with its error and scored 0; exit 1 when more than --max-failure-rate of the samples failed.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from grounded_rl.eval import TooManyFailures, evaluate
     from trace_forge.tasks import parse_task_options
 
@@ -106,24 +108,20 @@ def eval_command(
         max_pixels=max_pixels, frame=frame, concurrency=concurrency, timeout_s=timeout, max_retries=max_retries,
         max_failure_rate=max_failure_rate,
     )
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("acc {task.fields[acc]}"),
-               TimeRemainingColumn())
     scores: list[float] = []
-    with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
-        bar = progress.add_task(f"eval {task}", total=None, acc="-")
+    try:
+        with Progress(f"eval {task}", None) as progress:
 
-        def on_record(record: dict[str, Any], done: int, total: int) -> None:
-            scores.append(record["score"])
-            progress.update(bar, completed=done, total=total, acc=f"{100 * sum(scores) / len(scores):.1f}%")
+            def on_record(record: dict[str, Any], done: int, total: int) -> None:
+                scores.append(record["score"])
+                progress.update(done, total=total, status=f"accuracy so far {100 * sum(scores) / len(scores):.1f}%")
 
-        try:
-            summary = evaluate(config, out, on_record=on_record)
-        except TooManyFailures as e:
-            progress.stop()
-            console.print(_table(e.summary, samples))
-            raise
-    console.print(_table(summary, samples))
-    typer.echo(f"wrote {out / 'summary.json'}")
+            summary = evaluate(config, out_dir, on_record=on_record)
+    except TooManyFailures as e:
+        stdout.print(_table(e.summary, samples))
+        raise
+    stdout.print(_table(summary, samples))
+    stdout.print(f"wrote {out_dir / 'summary.json'}", highlight=False)
 
 
 def _table(summary: dict[str, Any], k: int) -> Table:
@@ -165,9 +163,9 @@ def demo_command(
     temperature: Annotated[float, typer.Option(help=_demo_help("temperature"))] = _DEMO_DEFAULT["temperature"],
     max_tokens: Annotated[int, typer.Option(help=_demo_help("max_tokens"))] = _DEMO_DEFAULT["max_tokens"],
     seed: Annotated[int, typer.Option(help=_demo_help("seed"))] = _DEMO_DEFAULT["seed"],
-    backend: Annotated[str, typer.Option(help=_demo_help("backend"))] = _DEMO_DEFAULT["backend"],
+    backend: Annotated[Backend, typer.Option(help=_demo_help("backend"))] = _DEMO_DEFAULT["backend"],
     base_url: Annotated[list[str] | None, typer.Option(help=_demo_help("base_urls"))] = None,
-    frame: Annotated[str, typer.Option(help=_demo_help("frame"))] = _DEMO_DEFAULT["frame"],
+    frame: Annotated[ApiFrame, typer.Option(help=_demo_help("frame"))] = _DEMO_DEFAULT["frame"],
 ) -> None:
     """Run a model on one image and draw its trajectory: numbered points, step texts, zoom crops."""
     from grounded_rl.demo import no_answer, run_demo

@@ -105,7 +105,7 @@ class Progress:
     ) -> None:
         if self._bar is not None:
             self._bar.stop()
-        elif self.enabled and self._printed_at != self.completed:
+        elif self.enabled and kind is None and self._printed_at != self.completed:
             self._line()
 
     def advance(self, n: int = 1, *, status: str | None = None) -> None:
