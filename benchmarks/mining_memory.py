@@ -6,6 +6,8 @@ official layout so the `vstar` task reads them. Every stage runs in a process of
 (``ru_maxrss`` from ``wait4``) is read when it exits; the figure of merit is the peak at the largest set over the
 peak at the smallest. A miner whose memory grows with the questions (images held for the whole run, rows built
 in memory) shows a ratio near the size ratio; one whose memory is bounded by what is in flight, a ratio near 1.
+The search holds ``--concurrency`` questions at once (8 here, fewer than the smallest set), so that bound is the
+same at every size.
 
 Run from the repository root (minutes on 2 cores; more questions, more minutes)::
 
@@ -68,13 +70,14 @@ def peak_rss_mb(command: list[str]) -> tuple[float, float]:
     return usage.ru_maxrss / 1024, time.monotonic() - start  # ru_maxrss is in KiB on Linux
 
 
-def measure(n: int, work: Path, simulations: int) -> dict[str, float]:
+def measure(n: int, work: Path, simulations: int, concurrency: int) -> dict[str, float]:
     print(f"{n} questions: writing the set, then search and linearize", file=sys.stderr, flush=True)
     data = make_set(work / f"vstar-{n}", n)
     run = work / f"run-{n}"
     cli = [sys.executable, "-m", "trace_forge.cli"]
     search_mb, search_s = peak_rss_mb([*cli, "search", "--task", "vstar", "--data-dir", str(data), "--teacher", "sim",
-                                       "--simulations", str(simulations), "--out", str(run), "--quiet"])
+                                       "--simulations", str(simulations), "--concurrency", str(concurrency),
+                                       "--out", str(run), "--quiet"])
     multi_mb, multi_s = peak_rss_mb([*cli, "linearize", str(run), "--mode", "multi"])
     return {"search_mb": search_mb, "search_s": search_s, "multi_mb": multi_mb, "multi_s": multi_s}
 
@@ -83,10 +86,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[25, 200])
     parser.add_argument("--simulations", type=int, default=4)
+    # Questions searched at once follow the request limit; below the smallest set, so every size holds as many
+    # trees (and their decoded images) at once, and only what grows with the questions differs.
+    parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mining-memory-"))
     try:
-        results = {n: measure(n, work, args.simulations) for n in sorted(args.sizes)}
+        results = {n: measure(n, work, args.simulations, args.concurrency) for n in sorted(args.sizes)}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"{'questions':>9s} {'search + single (MB)':>21s} {'s':>6s} {'linearize multi (MB)':>21s} {'s':>6s}")
