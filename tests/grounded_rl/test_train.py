@@ -74,6 +74,26 @@ def test_sft_stage_resumes_after_a_crash(tmp_path: Path, monkeypatch: pytest.Mon
     assert args.resume and args.out == str(tmp_path / "sft") and args.max_steps == 3
 
 
+def test_traces_stage_searches_with_the_task_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A generic task's column map reaches ``trace-forge search`` (and so run.json and every dataset row)."""
+    import grounded_rl.sft
+
+    rows = [{"img": str(p), "q": "What colour is the shape?", "choices": ["red", "blue"], "gold": "red"}
+            for p in sorted((REPO / "data" / "samples" / "vstar" / "direct_attributes").glob("*.jpg"))[:2]]
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    options = {"image": "img", "question": "q", "options": "choices", "answer": "gold"}
+    monkeypatch.setattr(grounded_rl.sft, "train", lambda args: None)  # stop after the traces
+    (tmp_path / "out" / "grpo").mkdir(parents=True)
+    (tmp_path / "out" / "grpo" / DONE).write_text("{}")
+    config = PipelineConfig(out=str(tmp_path / "out"), model="m", traces={
+        "task": "generic", "data_dir": str(bench), "task_options": options, "mode": "single",
+        "search_args": ["--simulations", "1"]})
+    run_pipeline(config)
+    run = json.loads((tmp_path / "out" / "traces" / "run.json").read_text())
+    assert run["task"] == {"name": "generic", "options": options}
+
+
 def test_pipeline_config_names_what_is_wrong(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="exactly one of model"):
         PipelineConfig(out=str(tmp_path), data="x")
@@ -151,3 +171,7 @@ def test_demo_pipeline_end_to_end(tmp_path: Path) -> None:
     marker = (out / "sft" / DONE).stat().st_mtime_ns
     again = CliRunner().invoke(app, ["train", "--config", str(path)])
     assert again.exit_code == 0 and (out / "sft" / DONE).stat().st_mtime_ns == marker
+    # Every skip is said, naming the marker that made it; the stage folders are the result, on stdout.
+    for stage in ("base", "traces", "sft", "grpo", "eval"):
+        assert f"stage {stage}: skipped: finished earlier ({out / stage / DONE})" in " ".join(again.stderr.split())
+        assert f"{stage}: {out / stage}" in again.stdout

@@ -50,7 +50,8 @@ class PipelineConfig:
     )
     traces: dict[str, Any] | None = field(
         default=None,
-        metadata={"help": "Mine traces first: {task, data_dir, teacher, mode, search_args: [extra CLI flags]}."},
+        metadata={"help": "Mine traces first: {task, data_dir, task_options, teacher, mode, search_args: [extra "
+                          "trace-forge search flags]}."},
     )
     data: str | None = field(default=None, metadata={"help": "An existing trace dataset (unless traces mines one)."})
     sft: dict[str, Any] = field(default_factory=dict, metadata={"help": "SFTArgs fields."})
@@ -108,18 +109,23 @@ def _questions(stage: dict[str, Any]) -> tuple[str, str | None, str] | None:
     return (task, str(Path(data_dir).resolve()) if data_dir else None, split)
 
 
-def _stage(out: Path, name: str, run: Callable[[Path], Any]) -> Path:
+StageNote = Callable[[str, str, Path], None]
+"""Told ``(stage, "skipped" | "running" | "done", its folder)`` as the pipeline goes (the CLI prints it)."""
+
+
+def _stage(out: Path, name: str, run: Callable[[Path], Any], note: StageNote) -> Path:
     """Run one stage into ``out/name`` unless its ``DONE`` marker exists; write the marker last."""
     stage_dir = out / name
     marker = stage_dir / DONE
     if marker.is_file():
-        logger.info("stage %s: done already (%s), skipped", name, marker)
+        note(name, "skipped", stage_dir)
         return stage_dir
-    logger.info("stage %s: running into %s", name, stage_dir)
+    note(name, "running", stage_dir)
     stage_dir.mkdir(parents=True, exist_ok=True)
     start = time.time()
     run(stage_dir)
     marker.write_text(json.dumps({"stage": name, "seconds": round(time.time() - start, 1)}) + "\n", encoding="utf-8")
+    note(name, "done", stage_dir)
     return stage_dir
 
 
@@ -132,12 +138,17 @@ def _trace_forge(*argv: str) -> None:
     typer.main.get_command(app).main(args=list(argv), prog_name="trace-forge", standalone_mode=False)
 
 
-def run_pipeline(config: PipelineConfig) -> dict[str, Path]:
+def run_pipeline(config: PipelineConfig, on_stage: StageNote | None = None) -> dict[str, Path]:
     """Run every stage of ``config`` in order, skipping finished ones.
+
+    Args:
+        config: the pipeline.
+        on_stage: told when a stage is skipped (its ``DONE`` exists), starts and finishes; default: logged.
 
     Returns:
         ``{stage: output directory}`` of the stages that are part of this config.
     """
+    note = on_stage or (lambda name, what, where: logger.info("stage %s: %s (%s)", name, what, where))
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     dirs: dict[str, Path] = {}
@@ -147,7 +158,7 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Path]:
     if config.tiny_model is not None:
         from grounded_rl.tiny import make_tiny_model
 
-        dirs["base"] = _stage(out, "base", lambda d: make_tiny_model(d, **config.tiny_model))
+        dirs["base"] = _stage(out, "base", lambda d: make_tiny_model(d, **config.tiny_model), note)
         base = str(dirs["base"])
 
     # ---- traces: MCTS with the teacher, linearized into a trace dataset -----------------------------------------
@@ -158,14 +169,15 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Path]:
 
         def mine(d: Path) -> None:
             resume = ["--resume"] if (d / "run.json").exists() else []  # a crashed search continues
+            options = [f"-o{key}={json.dumps(value)}" for key, value in (t.get("task_options") or {}).items()]
             _trace_forge(
-                "search", "--task", t["task"], "--data-dir", str(t["data_dir"]), "--out", str(d),
+                "search", "--task", t["task"], "--data-dir", str(t["data_dir"]), *options, "--out", str(d),
                 "--teacher", t.get("teacher", "sim"), "--quiet", *resume, *map(str, t.get("search_args", [])),
             )
             if mode == "multi":
                 _trace_forge("linearize", str(d), "--mode", "multi", "--overwrite")
 
-        dirs["traces"] = _stage(out, "traces", mine)
+        dirs["traces"] = _stage(out, "traces", mine, note)
         data = str(dirs["traces"] / f"dataset-{mode}")
 
     # ---- SFT: the warm start ------------------------------------------------------------------------------------
@@ -176,7 +188,7 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Path]:
         # resume: a crashed SFT continues from its last checkpoint (from scratch, with a warning, when none).
         run_sft(SFTArgs.from_sources(None, {**config.sft, "model": base, "data": data, "out": str(d), "resume": True}))
 
-    dirs["sft"] = _stage(out, "sft", sft)
+    dirs["sft"] = _stage(out, "sft", sft, note)
 
     # ---- GRPO from the SFT checkpoint ---------------------------------------------------------------------------
     from grounded_rl.grpo import GroundedGRPOConfig, run_grpo
@@ -184,15 +196,12 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Path]:
     def grpo(d: Path) -> None:
         run_grpo(GroundedGRPOConfig(**{**config.grpo, "model": str(dirs["sft"]), "output_dir": str(d)}))
 
-    dirs["grpo"] = _stage(out, "grpo", grpo)
+    dirs["grpo"] = _stage(out, "grpo", grpo, note)
 
     # ---- evaluation ---------------------------------------------------------------------------------------------
     if config.eval is not None:
-        try:
-            from grounded_rl.eval import EvalConfig, evaluate
-        except ImportError as e:  # written concurrently; the pipeline still trains without it
-            logger.warning("stage eval skipped: grounded_rl.eval is not importable (%s)", e)
-            return dirs
+        from grounded_rl.eval import EvalConfig, evaluate
+
         settings = {"multi_turn": config.multi_turn, **config.eval, "model": str(dirs["grpo"])}
-        dirs["eval"] = _stage(out, "eval", lambda d: evaluate(EvalConfig(**settings), d))
+        dirs["eval"] = _stage(out, "eval", lambda d: evaluate(EvalConfig(**settings), d), note)
     return dirs

@@ -106,7 +106,13 @@ def train(
     config: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="Pipeline YAML (see data/configs/).")],
 ) -> None:
     """The whole pipeline: traces -> SFT -> GRPO -> eval; finished stages (OUT/<stage>/DONE) are skipped."""
-    from grounded_rl.train import PipelineConfig, run_pipeline
+    from grounded_rl.train import DONE, PipelineConfig, run_pipeline
+    from trace_forge.cli import console, out
 
-    for stage, path in run_pipeline(PipelineConfig.from_yaml(config)).items():
-        typer.echo(f"{stage}: {path}")
+    def note(stage: str, what: str, where: Path) -> None:
+        said = {"skipped": f"skipped: finished earlier ({where / DONE})", "running": f"running into {where}",
+                "done": "done"}[what]
+        console.print(f"[bold]stage {stage}[/]: {said}", highlight=False)
+
+    for stage, path in run_pipeline(PipelineConfig.from_yaml(config), note).items():
+        out.print(f"{stage}: {path}", highlight=False)
