@@ -8,6 +8,7 @@ import gc
 import io
 import json
 import logging
+import os
 import random
 import sqlite3
 import subprocess
@@ -712,7 +713,14 @@ def test_a_one_file_sample_is_sent_as_its_file_and_a_composed_one_as_its_canvas(
     sample = next(iter(get_task("vstar").load(Path(__file__).parents[2] / "data" / "samples" / "vstar", limit=1)))
     assert ImageEncoder().encode(ImageRef.of_sample(sample)).data == Path(sample.images[0]).read_bytes()
     pair = ImageRef.of_sample(dataclasses.replace(sample, images=[sample.images[0]] * 2))
-    assert pair.file is None and pair.source.size[0] == 2 * sample.canvas().size[0]
+    assert pair.file is None and pair.open().size[0] == 2 * sample.canvas().size[0]
+    # Resized: decoded once for both refs (the file identifies the pixels), and no ref holds the decoded photo.
+    encoder = ImageEncoder(Resize(max_pixels=50_000))
+    a, b = ImageRef.of_sample(sample), ImageRef.of_sample(sample)
+    assert encoder.encode(a) is encoder.encode(b) and encoder.encodes == 1
+    assert not isinstance(a.source, Image.Image)
+    with Image.open(io.BytesIO(encoder.encode(a).data)) as sent:
+        assert sent.size == encoder.resize.model_size(*sample.canvas().size)
 
 
 def test_aencode_and_the_runtime_encode_off_the_event_loop() -> None:
@@ -738,6 +746,30 @@ def test_aencode_and_the_runtime_encode_off_the_event_loop() -> None:
         client = TeacherClient(teacher, FAST, rng=random.Random(0))
         ticks, _ = asyncio.run(ticks_while(client.generate(user("q", dot_image((64, 64), dot=(5, 5))))))
     assert ticks >= 10  # other questions' requests kept running while the image was encoded
+
+
+def test_encoding_threads_leave_a_core_to_the_event_loop() -> None:
+    busy, most = [0], [0]
+    lock = threading.Lock()
+
+    class CountingEncoder(ImageEncoder):
+        def _encode(self, image: Image.Image, fmt: str):
+            with lock:
+                busy[0] += 1
+                most[0] = max(most[0], busy[0])
+            time.sleep(0.05)
+            with lock:
+                busy[0] -= 1
+            return super()._encode(image, fmt)
+
+    encoder = CountingEncoder()
+    threads = [threading.Thread(target=encoder.encode, args=(ImageRef(dot_image((64, 48), dot=(i, i))),))
+               for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert encoder.encodes == 8 and most[0] == max(1, (os.cpu_count() or 2) - 1)
 
 
 def test_usage_percentiles_and_cost(tmp_path: Path) -> None:

@@ -24,9 +24,11 @@ import base64
 import hashlib
 import io
 import logging
+import os
 import threading
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -59,39 +61,42 @@ _FEW_COLOURS = 4096
 
 @dataclass(frozen=True, eq=False)
 class ImageRef:
-    """An image in a chat: a decoded PIL image or a path to an image file.
+    """An image in a chat: a decoded PIL image, a path to an image file, or a function that decodes it.
 
     Identity-hashed on purpose: the encoder remembers each ``ImageRef`` object it has seen, so reusing one object
     for a question's image skips even the pixel hash. Two refs to equal pixels (or to one file sent as it is) still
     share one encoding.
 
     Attributes:
-        source: the image, or the path of its file.
-        file: the image file a PIL ``source`` was decoded from, pixel for pixel; when the image needs no resize
-            the encoder sends this file's bytes as they are (a path ``source`` is its own file).
+        source: the image, the path of its file, or a function returning the image (called only when the encoder
+            needs the pixels, so a question in flight does not hold its decoded photo: 9 MB for a V* image).
+        file: the image file a PIL or function ``source`` decodes from, pixel for pixel; when the image needs no
+            resize the encoder sends this file's bytes as they are (a path ``source`` is its own file), and the
+            file's bytes identify the image in the encoder's memo instead of a hash of its pixels.
     """
 
-    source: Image.Image | Path | str
+    source: Image.Image | Path | str | Callable[[], Image.Image]
     file: Path | str | None = None
 
     @classmethod
     def of_sample(cls, sample: Sample) -> ImageRef:
-        """A task sample's canvas, tied to its file when the canvas is one image file decoded as it is."""
-        canvas = sample.canvas()
+        """A task sample's canvas, decoded when needed, tied to its file when the canvas is one image file."""
         only = sample.images[0] if len(sample.images) == 1 else None
-        return cls(canvas, file=only if isinstance(only, str | Path) else None)
+        return cls(sample.canvas, file=only if isinstance(only, str | Path) else None)
 
     @property
     def origin(self) -> Path | None:
         """The file whose bytes may stand for this image, if any."""
         if self.file is not None:
             return Path(self.file)
-        return None if isinstance(self.source, Image.Image) else Path(self.source)
+        return Path(self.source) if isinstance(self.source, str | Path) else None
 
     def open(self) -> Image.Image:
         """The image, decoded (a path is read and fully loaded so the file is closed again)."""
         if isinstance(self.source, Image.Image):
             return self.source
+        if callable(self.source):
+            return self.source()
         path = Path(self.source)
         try:
             with Image.open(path) as im:
@@ -119,10 +124,10 @@ class EncodedImage:
     sent_size: tuple[int, int]
     original_size: tuple[int, int]
 
-    @cached_property
+    @property
     def base64(self) -> str:
-        """``data`` in base64, computed once (it is re-sent with every request)."""
-        return base64.b64encode(self.data).decode("ascii")
+        """``data`` in base64 (a slice of :attr:`data_url_json`, which keeps the one encoded copy)."""
+        return self.data_url_json[len(self.mime) + 14:-1].decode("ascii")
 
     @property
     def data_url(self) -> str:
@@ -135,7 +140,7 @@ class EncodedImage:
         Request bodies splice these bytes in as they are: ``json.dumps`` of a body with a 2 MB data URL costs
         about 15 ms per request, for a string that is the same in every request of the question.
         """
-        return b'"data:' + self.mime.encode() + b";base64," + self.base64.encode() + b'"'
+        return b'"data:' + self.mime.encode() + b";base64," + base64.b64encode(self.data) + b'"'
 
     @property
     def geometry(self) -> ImageGeometry:
@@ -179,6 +184,10 @@ class ImageEncoder:
         self.max_images = max_images
         self.encodes = 0  # images prepared for sending (memo misses), for tests and provenance
         self._lock = threading.Lock()
+        # Decoding, resizing and encoding run in worker threads; left unbounded, a burst of new questions (a search
+        # starts hundreds at once, each with a 3 MP photo: 0.1 s of CPU) takes every core and starves the event
+        # loop that keeps the teacher busy. One core stays free for it.
+        self._workers = threading.BoundedSemaphore(max(1, (os.cpu_count() or 2) - 1))
         # A live ref keeps its encoding (a question in flight never pays twice); the LRU serves equal images
         # behind other refs and forgets old ones.
         self._by_ref: weakref.WeakKeyDictionary[ImageRef, EncodedImage] = weakref.WeakKeyDictionary()
@@ -193,17 +202,26 @@ class ImageEncoder:
             hit = self._by_ref.get(ref)
         if hit is not None:
             return hit
-        as_is = self._original_file(ref)
-        image: Image.Image | None = None
+        as_is, file_sha = self._original_file(ref)
         if as_is is not None:
             key = "file:" + as_is.sha256
+        elif file_sha is not None and callable(ref.source):  # its file says which pixels: no 9 MB pixel hash
+            key = "decoded:" + file_sha
         else:
-            image = ref.open()
-            key = _pixel_hash(image)
+            key = None
         with self._lock:
-            encoded = self._recent.get(key)
+            encoded = self._recent.get(key) if key is not None else None
         if encoded is None:
-            encoded = as_is if image is None else self._encode(image, self._format_for(ref, image))
+            if as_is is not None:
+                encoded = as_is
+            else:
+                with self._workers:
+                    image = ref.open()
+                    key = key if key is not None else _pixel_hash(image)
+                    with self._lock:
+                        encoded = self._recent.get(key)
+                    if encoded is None:
+                        encoded = self._encode(image, self._format_for(ref, image))
         with self._lock:
             if key in self._recent:  # a hit, or another thread finished the same image first: share its object
                 encoded = self._recent[key]
@@ -234,15 +252,15 @@ class ImageEncoder:
                       "factor": self.resize.factor}
         return {"coordinate_frame": "model", "resize": resize, "format": self.format.lower()}
 
-    def _original_file(self, ref: ImageRef) -> EncodedImage | None:
-        """``ref``'s file as it is, when its bytes can be sent unchanged, else None.
+    def _original_file(self, ref: ImageRef) -> tuple[EncodedImage | None, str | None]:
+        """``ref``'s file as it is, when its bytes can be sent unchanged (else None), and the file's SHA-256.
 
         That is a JPEG or PNG whose pixels every decoder turns into the same RGB image (no alpha, palette or
         EXIF rotation) at a size the resize leaves alone, and, for a PIL ``source``, of the same size.
         """
         path = ref.origin
         if path is None:
-            return None
+            return None, None
         try:
             data = path.read_bytes()
             with Image.open(io.BytesIO(data)) as im:  # reads the header only
@@ -250,14 +268,14 @@ class ImageEncoder:
                 rotated = _EXIF_ORIENTATION in im.getexif()
         except (OSError, ValueError, SyntaxError) as e:  # PIL raises SyntaxError on some broken headers
             raise DataError(f"cannot read image: {e}", path=path) from e
+        sha = hashlib.sha256(data).hexdigest()
         if fmt not in _AS_IS_FORMATS or mode not in _AS_IS_MODES or rotated:
-            return None
+            return None, sha
         if isinstance(ref.source, Image.Image) and ref.source.size != size:
-            return None
+            return None, sha
         if self.resize is not None and self.resize.model_size(*size) != size:
-            return None
-        return EncodedImage(data=data, mime=_MIME[fmt], sha256=hashlib.sha256(data).hexdigest(),
-                            sent_size=size, original_size=size)
+            return None, sha
+        return EncodedImage(data=data, mime=_MIME[fmt], sha256=sha, sent_size=size, original_size=size), sha
 
     def _format_for(self, ref: ImageRef, image: Image.Image) -> str:
         if self.format != "AUTO":
