@@ -20,9 +20,11 @@ The baseline runs ``--baseline-questions`` questions (it is slow by design) and 
 question count. The **ideal** is the server's work in sequences: ``sequences x latency / server sequences``. The
 client's CPU time (all threads) and peak RSS are measured over trace-forge's search alone.
 
-Run from the repository root (about 6 minutes on 2 cores; the final line is machine-readable)::
+Run from the repository root (about 8 minutes on 2 idle cores: 30 s to write the photos, about 4.5 minutes of
+search, 2 of baseline; the final line is machine-readable)::
 
-    uv run python -m benchmarks.mcts_throughput --latency 0.5 --server-sequences 256 --questions 768 --simulations 4
+    uv run python -m benchmarks.mcts_throughput --latency 0.5 --server-sequences 256 --questions 768 --simulations 8 \
+        --baseline-questions 10
 
 ``RESULT speedup=<baseline / trace-forge> ideal_ratio=<trace-forge / ideal> client_cpu_ms_per_request=<c>
 peak_rss_mb=<m>``
@@ -344,9 +346,9 @@ def main() -> None:
     p.add_argument("--latency", type=float, default=0.5, help="server seconds per request")
     p.add_argument("--server-sequences", type=int, default=256, help="sequences the server holds at once")
     p.add_argument("--questions", type=int, default=768)
-    p.add_argument("--baseline-questions", type=int, default=20)
+    p.add_argument("--baseline-questions", type=int, default=10)
     p.add_argument("--baseline-workers", type=int, default=10)
-    p.add_argument("--simulations", type=int, default=4)
+    p.add_argument("--simulations", type=int, default=8, help="per question (the reference's n_simulations)")
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the child process
     args = p.parse_args()
     if args.serve:

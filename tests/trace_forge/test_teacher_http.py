@@ -194,3 +194,12 @@ def test_n_and_the_sampling_fields_are_spliced_into_the_prepared_body() -> None:
     body = server.requests[0].body
     assert body == {"model": "m", "messages": [{"role": "user", "content": "q"}], "n": 2, "temperature": 1.0,
                     "top_p": 1.0, "max_tokens": 9, "seed": 3}
+
+
+def test_a_garbled_usage_block_costs_the_accounting_not_the_sample() -> None:
+    body = {"choices": [{"index": 0, "message": {"content": "hi"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": "many", "completion_tokens": None}}
+    with FakeOpenAIServer(faults=[Reply(200, body)]) as server:
+        client = lean_client(server.base_url)
+        assert ask_in_turn(client, 1) == ["hi"]
+    assert (client.usage.prompt_tokens, client.usage.completion_tokens, client.usage.format_retries) == (0, 0, 0)

@@ -673,8 +673,7 @@ def test_the_image_part_is_built_once_and_sent_in_every_request_as_is() -> None:
         client = client_for("openai", server.base_url)
         ask(client, [user(f"q{i}", ref) for i in range(3)], SamplingParams(n=2))  # 3 chats, each split in two
     encoded = client.teacher.encoder.encode(ref)
-    assert encoded.data_url_json is encoded.data_url_json  # a cached property: built once
-    assert json.loads(encoded.data_url_json) == encoded.data_url
+    assert json.loads(encoded.data_url_json) == encoded.data_url == f"data:image/jpeg;base64,{encoded.base64}"
     assert server.request_count == 6 and {r.images[0] for r in server.requests} == {encoded.data}
     assert encoded.mime == "image/jpeg" and client.teacher.encoder.encodes == 1
 

@@ -30,7 +30,6 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -108,39 +107,46 @@ class ImageRef:
 
 @dataclass(frozen=True)
 class EncodedImage:
-    """An image as sent to a teacher.
+    """An image as sent to a teacher; make one with :meth:`of`.
+
+    Only the form that is sent is kept, :attr:`data_url_json`: the questions in flight each hold one (a V* photo:
+    0.5 MB), and request bodies splice it in as it is, where ``json.dumps`` of a body with a 2 MB data URL cost
+    about 15 ms per request for a string that is the same in every request of the question.
 
     Attributes:
-        data: the encoded file bytes.
-        mime: their media type (``image/png``, ...).
-        sha256: hex digest of ``data``: the image's identity in cache keys.
+        data_url_json: the data URL of the encoded file as a JSON string literal (quotes included).
+        mime: the file's media type (``image/png``, ...).
+        sha256: hex digest of the file bytes (:attr:`data`): the image's identity in cache keys.
         sent_size: ``(width, height)`` of the sent image, i.e. of the ``model`` frame.
         original_size: ``(width, height)`` of the original image, i.e. of the ``pixel`` frame.
     """
 
-    data: bytes
+    data_url_json: bytes
     mime: str
     sha256: str
     sent_size: tuple[int, int]
     original_size: tuple[int, int]
 
+    @classmethod
+    def of(cls, data: bytes, mime: str, sent_size: tuple[int, int], original_size: tuple[int, int],
+           sha256: str | None = None) -> EncodedImage:
+        """The encoded file ``data`` (its digest computed unless given)."""
+        url = b'"data:' + mime.encode() + b";base64," + base64.b64encode(data) + b'"'
+        return cls(url, mime, sha256 or hashlib.sha256(data).hexdigest(), sent_size, original_size)
+
     @property
     def base64(self) -> str:
-        """``data`` in base64 (a slice of :attr:`data_url_json`, which keeps the one encoded copy)."""
+        """The file in base64 (a copy cut from :attr:`data_url_json`)."""
         return self.data_url_json[len(self.mime) + 14:-1].decode("ascii")
+
+    @property
+    def data(self) -> bytes:
+        """The encoded file bytes (decoded from :attr:`data_url_json`)."""
+        return base64.b64decode(self.data_url_json[len(self.mime) + 14:-1])
 
     @property
     def data_url(self) -> str:
         return f"data:{self.mime};base64,{self.base64}"
-
-    @cached_property
-    def data_url_json(self) -> bytes:
-        """:attr:`data_url` as a JSON string literal (quotes included), built once.
-
-        Request bodies splice these bytes in as they are: ``json.dumps`` of a body with a 2 MB data URL costs
-        about 15 ms per request, for a string that is the same in every request of the question.
-        """
-        return b'"data:' + self.mime.encode() + b";base64," + base64.b64encode(self.data) + b'"'
 
     @property
     def geometry(self) -> ImageGeometry:
@@ -275,7 +281,7 @@ class ImageEncoder:
             return None, sha
         if self.resize is not None and self.resize.model_size(*size) != size:
             return None, sha
-        return EncodedImage(data=data, mime=_MIME[fmt], sha256=sha, sent_size=size, original_size=size), sha
+        return EncodedImage.of(data, _MIME[fmt], size, size, sha), sha
 
     def _format_for(self, ref: ImageRef, image: Image.Image) -> str:
         if self.format != "AUTO":
@@ -301,8 +307,7 @@ class ImageEncoder:
         image.save(buf, format=fmt, **({"quality": _JPEG_QUALITY} if fmt == "JPEG" else {}))
         data = buf.getvalue()
         logger.debug("encoded image %sx%s -> %sx%s as %s (%d bytes)", *original, *sent, fmt, len(data))
-        return EncodedImage(data=data, mime=_MIME[fmt], sha256=hashlib.sha256(data).hexdigest(),
-                            sent_size=sent, original_size=original)
+        return EncodedImage.of(data, _MIME[fmt], sent, original)
 
 
 def auto_format(image: Image.Image, source_format: str | None = None) -> str:

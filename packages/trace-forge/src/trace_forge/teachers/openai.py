@@ -239,8 +239,8 @@ class OpenAITeacher(Teacher):
                 raise TeacherFormatError(f"{self.name}: choice {index} has no text content")
             texts.append((text, choice.get("finish_reason")))
         usage = reply.get("usage") if isinstance(reply.get("usage"), dict) else {}
-        prompt = token_shares(int(usage.get("prompt_tokens") or 0), len(texts))
-        completion = token_shares(int(usage.get("completion_tokens") or 0), len(texts))
+        prompt = token_shares(_count(usage.get("prompt_tokens")), len(texts))
+        completion = token_shares(_count(usage.get("completion_tokens")), len(texts))
         return [Completion(t, f, p, c) for (t, f), p, c in zip(texts, prompt, completion, strict=True)]
 
 
@@ -261,6 +261,11 @@ def _sampling(params: SamplingParams) -> dict[str, Any]:
     extra = {"top_k": params.top_k, "repetition_penalty": params.repetition_penalty}
     body.update({k: v for k, v in extra.items() if v is not None})
     return body
+
+
+def _count(value: Any) -> int:
+    """A token count from a reply; a missing or garbled one counts 0 (accounting, not the sample, is lost)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 def _error_text(body: bytes) -> str:
