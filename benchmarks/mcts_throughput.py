@@ -70,13 +70,20 @@ SIZES = [(1960, 1470), (2120, 1399), (2248, 1259), (1864, 1398), (2384, 1573), (
 # --- the questions --------------------------------------------------------------------------------------------------
 
 
-def make_samples(n: int, image_dir: Path) -> list[Sample]:
-    """``n`` V*-style questions, each on its own generated JPEG photo with the question's coloured ball on it.
+def ball(i: int) -> tuple[tuple[int, int], Box]:
+    """Question ``i``'s photo size and the box of its ball."""
+    w, h = SIZES[i % len(SIZES)]
+    x, y = 100 + i * 37 % (w - 200), 100 + i * 53 % (h - 200)
+    return (w, h), Box(x, y, x + 60, y + 60)
+
+
+def write_photos(n: int, image_dir: Path) -> None:
+    """One generated JPEG photo per question, with the question's coloured ball on it.
 
     The photos are smooth colour fields with grain, so they compress like camera photos rather than like flat
     synthetic images: a 1960x1470 one is 232 kB at quality 85 and 424 kB re-encoded at 95 after the resize to
     multiples of 28 (V*'s sa_4666 of that size: 214 kB and 368 kB). Six backgrounds are shared; the balls make every
-    image distinct, as V*'s are.
+    image distinct, as V*'s are. Run in a child process, so its arrays do not count in the client's peak RSS.
     """
     rng = np.random.default_rng(0)
     backgrounds = {}
@@ -85,20 +92,23 @@ def make_samples(n: int, image_dir: Path) -> list[Sample]:
         field = np.asarray(Image.fromarray(coarse).resize((w, h), Image.Resampling.BICUBIC), dtype=np.int16)
         grain = rng.normal(0, 1.0, (h, w, 3)).astype(np.int16)
         backgrounds[w, h] = Image.fromarray(np.clip(field + grain, 0, 255).astype(np.uint8))
-    samples = []
     for i in range(n):
-        w, h = SIZES[i % len(SIZES)]
-        x, y = 100 + i * 37 % (w - 200), 100 + i * 53 % (h - 200)
-        photo = backgrounds[w, h].copy()
-        ImageDraw.Draw(photo).ellipse((x, y, x + 60, y + 60), fill=OPTIONS[i % 4])
-        path = image_dir / f"q{i}.jpg"
-        photo.save(path, quality=85)
-        samples.append(Sample(
-            id=f"q{i}", task="vstar", images=[path], question=f"What is the color of the ball number {i}?",
-            answer_kind=AnswerKind.OPTION, options=OPTIONS, answer=OPTIONS[i % 4],
-            target_boxes=[Box(x, y, x + 60, y + 60)], category="direct_attributes",
-        ))
-    return samples
+        size, box = ball(i)
+        photo = backgrounds[size].copy()
+        ImageDraw.Draw(photo).ellipse((box.x1, box.y1, box.x2, box.y2), fill=OPTIONS[i % 4])
+        photo.save(image_dir / f"q{i}.jpg", quality=85)
+
+
+def make_samples(n: int, image_dir: Path) -> list[Sample]:
+    """``n`` V*-style questions on the photos of :func:`write_photos`."""
+    subprocess.run([sys.executable, "-m", "benchmarks.mcts_throughput", "--write-photos", str(image_dir),
+                    "--questions", str(n)], check=True)
+    return [
+        Sample(id=f"q{i}", task="vstar", images=[image_dir / f"q{i}.jpg"],
+               question=f"What is the color of the ball number {i}?", answer_kind=AnswerKind.OPTION,
+               options=OPTIONS, answer=OPTIONS[i % 4], target_boxes=[ball(i)[1]], category="direct_attributes")
+        for i in range(n)
+    ]
 
 
 def teacher_reply(texts: list[str], seed: object, i: int) -> str:
@@ -349,10 +359,14 @@ def main() -> None:
     p.add_argument("--baseline-questions", type=int, default=10)
     p.add_argument("--baseline-workers", type=int, default=10)
     p.add_argument("--simulations", type=int, default=8, help="per question (the reference's n_simulations)")
-    p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the child process
+    p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the child processes
+    p.add_argument("--write-photos", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve:
         asyncio.run(serve(args.latency, args.server_sequences))
+        return
+    if args.write_photos:
+        write_photos(args.questions, args.write_photos)
         return
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -374,6 +388,9 @@ def main() -> None:
           f"{served['body_bytes'] / served['requests'] / 1e3:7.1f} kB/request  peak {served['peak_sequences']} "
           "sequences in flight")
     print(f"ideal bound : {ideal:8.1f} s  (sequences x latency / server sequences)")
+    busy = served["busy"]
+    print("server busy by 10 s:", " ".join(f"{busy[k] / (10 * args.server_sequences):.0%}"
+                                         for k in sorted(busy, key=int)))
     image_share = image_ms * args.questions / ours["requests"]
     print(f"client      : {cpu_ms:.3f} ms CPU per request (all threads), peak RSS {ours['peak_rss_mb']:.0f} MB; "
           f"of which images {image_share:.3f} ms ({image_ms:.0f} ms per question: decode, resize, JPEG, base64)")
