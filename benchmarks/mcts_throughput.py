@@ -391,6 +391,9 @@ def main() -> None:
     busy = served["busy"]
     print("server busy by 10 s:", " ".join(f"{busy[k] / (10 * args.server_sequences):.0%}"
                                          for k in sorted(busy, key=int)))
+    # Both processes share this machine's cores: if their CPU seconds approach wall x cores, the run was CPU-bound.
+    print(f"CPU seconds : client {ours['cpu']:.0f}, server process {served['cpu_s']:.0f}, over {ours['wall']:.0f} s "
+          f"of wall time")
     image_share = image_ms * args.questions / ours["requests"]
     print(f"client      : {cpu_ms:.3f} ms CPU per request (all threads), peak RSS {ours['peak_rss_mb']:.0f} MB; "
           f"of which images {image_share:.3f} ms ({image_ms:.0f} ms per question: decode, resize, JPEG, base64)")
