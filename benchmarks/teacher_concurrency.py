@@ -1,55 +1,85 @@
-"""How close does the teacher runtime get to ideal throughput at a given concurrency limit?
+"""Client CPU per request and closeness to ideal throughput of the teacher runtime, per HTTP transport.
 
-Starts a loopback OpenAI-compatible fake server with a fixed latency per request, fires a batch of requests
-through :class:`~trace_forge.teachers.TeacherClient` (real ``openai`` SDK, real HTTP) at several concurrency
-limits, and prints the wall time against the ideal ``requests x latency / limit``. A ratio near 1 means the
-runtime adds little overhead; it grows with client-side CPU cost per request (JSON, SDK, event loop).
+A loopback OpenAI-compatible server in its own process (the one of ``benchmarks.mcts_throughput``: a fixed latency,
+a cap on sequences in flight) answers a batch of distinct chats sent through
+:class:`~trace_forge.teachers.TeacherClient` over each transport of the ``openai`` backend: ``lean`` (our HTTP/1.1
+client, bodies spliced from pre-serialized pieces) and ``sdk`` (the official SDK, the baseline). Each chat carries
+the same image, as the requests of one search question do. Printed per transport: wall time against the ideal
+``requests x latency / limit`` and the client's CPU per request (all threads; the server's CPU is not counted).
 
-Run from the repository root (``-m`` puts it on the path, for the fake server in ``tests/``)::
+Run from the repository root::
 
     uv run python -m benchmarks.teacher_concurrency
-    uv run python -m benchmarks.teacher_concurrency --requests 256 --latency-ms 20 --limits 1 16 256
+    uv run python -m benchmarks.teacher_concurrency --requests 2000 --limit 256 --image data/samples/vstar/direct_attributes/sa_4666.jpg
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import resource
 import time
+from pathlib import Path
 
-from tests.trace_forge.fake_servers import FakeOpenAIServer
-from trace_forge.teachers import Message, RuntimeConfig, SamplingParams, TeacherClient, make_teacher
+from PIL import Image
+
+from benchmarks.mcts_throughput import ServerProcess
+from trace_forge.grounding.frames import QWEN_MAX_PIXELS, Resize
+from trace_forge.teachers import ImageRef, Message, RuntimeConfig, SamplingParams, build_client
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=64, help="requests per concurrency limit")
+    parser.add_argument("--requests", type=int, default=1000, help="requests per transport")
     parser.add_argument("--latency-ms", type=float, default=50.0, help="server latency per request")
-    parser.add_argument("--limits", type=int, nargs="+", default=[1, 8, 64], help="concurrency limits to try")
-    parser.add_argument("--n", type=int, default=1, help="samples per request")
+    parser.add_argument("--limit", type=int, default=128, help="client requests in flight (and server sequences)")
+    parser.add_argument("--image", type=Path, default=None,
+                        help="image sent with every request (default: a 448x336 test image)")
     return parser.parse_args()
 
 
-async def fire(base_url: str, limit: int, requests: int, n: int) -> float:
-    """Wall seconds for ``requests`` distinct chats through a client limited to ``limit`` in flight."""
-    teacher = make_teacher("openai", "bench-model", [base_url])
-    async with TeacherClient(teacher, RuntimeConfig(concurrency=limit, timeout_s=60)) as client:
-        chats = [[Message("user", (f"question {i}",))] for i in range(requests)]
-        start = time.perf_counter()
-        await asyncio.gather(*(client.generate(c, SamplingParams(n=n)) for c in chats))
-        return time.perf_counter() - start
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def fire(url: str, transport: str, ref: ImageRef, args: argparse.Namespace) -> tuple[float, float]:
+    """Wall seconds and client CPU seconds for ``args.requests`` distinct chats (after one warm-up request)."""
+    client = build_client("openai", "bench-model", [url], resize=Resize(max_pixels=QWEN_MAX_PIXELS),
+                          config=RuntimeConfig(concurrency=args.limit, timeout_s=120), transport=transport)
+    async with client:
+        def chat(i: int) -> list[Message]:
+            return [Message("system", ("Answer in one grounded step.",)),
+                    Message("user", (ref, f"Question {i}: where is the red dot? Answer as (x, y)."))]
+
+        await client.generate(chat(-1))  # encodes the image and opens a connection: not what is measured
+        cpu, start = cpu_seconds(), time.perf_counter()
+        await asyncio.gather(*(client.generate(chat(i), SamplingParams(seed=i)) for i in range(args.requests)))
+        return time.perf_counter() - start, cpu_seconds() - cpu
 
 
 def main() -> None:
     args = parse_args()
     latency = args.latency_ms / 1000
-    print(f"{args.requests} requests, server latency {args.latency_ms:g} ms, n={args.n}")
-    print(f"{'limit':>6} {'wall s':>9} {'ideal s':>9} {'ratio':>7} {'server max in flight':>21}")
-    for limit in args.limits:
-        with FakeOpenAIServer(latency_s=latency) as server:
-            wall = asyncio.run(fire(server.base_url, limit, args.requests, args.n))
-        ideal = args.requests * latency / min(limit, args.requests)
-        print(f"{limit:>6} {wall:>9.3f} {ideal:>9.3f} {wall / ideal:>7.2f} {server.max_in_flight:>21}")
+    image = args.image if args.image is not None else Image.new("RGB", (448, 336), (30, 60, 90))
+    ref = ImageRef(image)
+    ideal = args.requests * latency / args.limit
+    print(f"{args.requests} requests, server latency {args.latency_ms:g} ms, {args.limit} in flight, image "
+          f"{args.image or '448x336 generated'}")
+    print(f"{'transport':>9} {'wall s':>8} {'ideal s':>8} {'ratio':>6} {'client CPU ms/request':>22}")
+    results = {}
+    for transport in ("sdk", "lean"):
+        server = ServerProcess(latency, args.limit)
+        wall, cpu = asyncio.run(fire(server.url, transport, ref, args))
+        served = server.stop()
+        assert served["requests"] == args.requests + 1, served
+        results[transport] = (wall, 1000 * cpu / args.requests)
+        print(f"{transport:>9} {wall:>8.2f} {ideal:>8.2f} {wall / ideal:>6.2f} {results[transport][1]:>22.3f}")
+    kb = served["body_bytes"] / served["requests"] / 1e3
+    print(f"request body: {kb:.1f} kB")
+    print(f"RESULT sdk_cpu_ms_per_request={results['sdk'][1]:.3f} lean_cpu_ms_per_request={results['lean'][1]:.3f} "
+          f"cpu_ratio={results['sdk'][1] / results['lean'][1]:.1f} lean_ideal_ratio={results['lean'][0] / ideal:.2f} "
+          f"body_kb={kb:.1f}")
 
 
 if __name__ == "__main__":

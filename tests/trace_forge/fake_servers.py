@@ -10,13 +10,16 @@ manager, that the real ``openai`` / ``anthropic`` SDK clients talk to::
 
 Knobs: a fixed latency per request; a server-side concurrency cap (requests beyond it queue, like a GPU server at
 its batch limit); ``faults``, replies used by the first requests in order; ``script``, a callable that may return a
-reply for any request (None: answer normally); ``reply_text`` for the text of each sample. The server records every
-request (body, headers, images sent), how many arrived, and the most that were in flight at once.
+reply for any request (None: answer normally); ``reply_text`` for the text of each sample. A reply may come in chunked
+transfer encoding, or be followed by the server closing the connection unannounced (as an idle keep-alive timeout
+does). The server records every request (body, headers, images sent), how many arrived, the most that were in flight
+at once, and how many connections were opened.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import threading
 import time
@@ -37,6 +40,8 @@ __all__ = [
     "hang",
     "malformed",
     "dropped",
+    "too_long",
+    "openai_no_text",
 ]
 
 
@@ -50,6 +55,8 @@ class Reply:
         headers: extra response headers (e.g. ``Retry-After``).
         hang_s: wait this long before answering (until the server stops, at most).
         drop: close the connection without answering (a connection reset).
+        chunked: send the body in chunked transfer encoding (two chunks) instead of with a Content-Length.
+        close: close the connection right after the reply, without a ``Connection: close`` header.
     """
 
     status: int = 200
@@ -57,6 +64,8 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     hang_s: float = 0.0
     drop: bool = False
+    chunked: bool = False
+    close: bool = False
 
 
 def rate_limited(retry_after: float | None = None) -> Reply:
@@ -78,6 +87,19 @@ def malformed() -> Reply:
 
 def dropped() -> Reply:
     return Reply(drop=True)
+
+
+def too_long(prompt_tokens: int = 2314, limit: int = 2048) -> Reply:
+    """vLLM's answer to a prompt over ``--max-model-len`` (its text as observed on a real server)."""
+    message = (f"Input length ({prompt_tokens}) exceeds model's maximum context length ({limit}).")
+    return Reply(400, {"error": {"message": message, "type": "BadRequestError", "param": None, "code": 400}})
+
+
+def openai_no_text() -> Reply:
+    """A 200 Chat Completions reply whose only choice has no text (``content: null``)."""
+    return Reply(200, {"id": "chatcmpl-x", "object": "chat.completion", "created": 0, "model": "m",
+                       "choices": [{"index": 0, "message": {"role": "assistant", "content": None},
+                                    "finish_reason": "stop"}]})
 
 
 @dataclass
@@ -118,6 +140,7 @@ class _FakeServer(ABC):
         self.requests: list[Request] = []
         self.in_flight = 0
         self.max_in_flight = 0
+        self.connections = 0
         self._cap = threading.BoundedSemaphore(max_concurrency) if max_concurrency else None
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -202,8 +225,10 @@ class _FakeServer(ABC):
                 handler.close_connection = True
                 return
             if reply.body is None and reply.status == 200:
-                reply = Reply(200, self.normal_body(request), reply.headers)
+                reply = dataclasses.replace(reply, body=self.normal_body(request))
             _send(handler, reply)
+            if reply.close:
+                handler.close_connection = True
         finally:
             with self._lock:
                 self.in_flight -= 1
@@ -216,6 +241,11 @@ class _FakeServer(ABC):
             # Headers and body go out in separate writes; with Nagle on, the body waits for a delayed ACK
             # (~40 ms) on every kept-alive request.
             disable_nagle_algorithm = True
+
+            def setup(self) -> None:
+                super().setup()
+                with server._lock:
+                    server.connections += 1
 
             def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
                 try:
@@ -237,11 +267,19 @@ def _send(handler: BaseHTTPRequestHandler, reply: Reply) -> None:
     data = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
     handler.send_response(reply.status)
     handler.send_header("Content-Type", "application/json")
-    handler.send_header("Content-Length", str(len(data)))
+    if reply.chunked:
+        handler.send_header("Transfer-Encoding", "chunked")
+    else:
+        handler.send_header("Content-Length", str(len(data)))
     for name, value in reply.headers.items():
         handler.send_header(name, value)
     handler.end_headers()
-    handler.wfile.write(data)
+    if reply.chunked:
+        half = len(data) // 2
+        for chunk in (data[:half], data[half:], b""):
+            handler.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+    else:
+        handler.wfile.write(data)
 
 
 def _tokens(texts: Iterable[str], images: int = 0) -> int:

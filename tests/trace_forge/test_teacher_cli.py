@@ -9,9 +9,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from tests.trace_forge.fake_servers import FakeAnthropicServer, FakeOpenAIServer, server_error
+from tests.trace_forge.fake_servers import FakeAnthropicServer, FakeOpenAIServer, rate_limited, server_error
 from trace_forge.cli import app
 from trace_forge.errors import ConfigError
+from trace_forge.teachers import RuntimeConfig
 
 runner = CliRunner()
 
@@ -32,7 +33,7 @@ def test_check_openai_reports_replies_usage_and_n_honoured() -> None:
     assert result.exit_code == 0, result.output
     out = result.stdout
     assert "reply 1 [stop]: reply 0.0" in out and "reply 2 [stop]: reply 0.1" in out
-    assert "latency:" in out and "tokens: prompt" in out and "requests: 1" in out
+    assert "latency:" in out and "tokens: prompt" in out and "requests: 1 (0 retries)" in out
     assert "n honoured: yes" in out
     assert "448x336 sent as 448x336" in out  # the generated test image, sent at its size without --max-pixels
     assert server.request_count == 1 and server.requests[0].n == 2 and len(server.requests[0].images) == 1
@@ -66,13 +67,39 @@ def test_check_sends_the_given_image_resized(tmp_path: Path) -> None:
         assert im.size == (616, 308)
 
 
-def test_check_failure_exits_1_with_one_line() -> None:
+def test_check_failure_exits_1_with_one_line_naming_the_url() -> None:
     with FakeOpenAIServer(script=lambda req: server_error(500)) as server:
         result = check("--teacher", "openai", "--base-url", server.base_url, "--retries", "0")
     assert result.exit_code == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "teacher check failed" in lines[0] and "HTTP 500" in lines[0]
+    assert server.base_url in lines[0]
     assert result.stdout == "" and server.request_count == 1
+
+
+def test_check_without_v1_says_to_add_it() -> None:
+    with FakeOpenAIServer() as server:
+        bare = server.base_url.removesuffix("/v1")
+        result = check("--teacher", "openai", "--base-url", bare)
+    assert result.exit_code == 1 and f"try {bare}/v1" in result.stderr.replace("\n", "")
+
+
+@pytest.mark.parametrize("server_cls", [FakeOpenAIServer, FakeAnthropicServer])
+def test_check_retries_as_a_search_does(server_cls: type) -> None:
+    # Three rate limits in a row: more than the old single retry of the check, within the search's default.
+    assert RuntimeConfig().max_retries > 3
+    with server_cls(faults=[rate_limited(0)] * 3) as server:
+        name = "openai" if server_cls is FakeOpenAIServer else "anthropic"
+        result = check("--teacher", name, "--base-url", server.base_url)
+    assert result.exit_code == 0, result.output
+    assert "(3 retries)" in result.stdout and server.request_count == 3 + (1 if name == "openai" else 2)
+
+
+def test_check_anthropic_passes_a_server_that_rate_limits_every_second_request() -> None:
+    with FakeAnthropicServer(script=lambda req: rate_limited(0) if req.index % 2 else None) as server:
+        result = check("--teacher", "anthropic", "--base-url", server.base_url)
+    assert result.exit_code == 0, result.output
+    assert "reply 1" in result.stdout and "reply 2" in result.stdout
 
 
 def test_check_missing_key_variable_is_a_config_error() -> None:

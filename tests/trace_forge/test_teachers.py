@@ -8,6 +8,7 @@ import gc
 import io
 import json
 import logging
+import os
 import random
 import sqlite3
 import subprocess
@@ -27,8 +28,10 @@ from tests.trace_forge.fake_servers import (
     dropped,
     hang,
     malformed,
+    openai_no_text,
     rate_limited,
     server_error,
+    too_long,
 )
 from trace_forge.errors import ConfigError
 from trace_forge.grounding.frames import Resize
@@ -37,6 +40,7 @@ from trace_forge.teachers import (
     ImageEncoder,
     ImageRef,
     Message,
+    PromptTooLong,
     RateLimited,
     ResponseCache,
     RuntimeConfig,
@@ -56,6 +60,8 @@ from trace_forge.teachers import (
 )
 from trace_forge.teachers.cache import request_key
 from trace_forge.teachers.errors import error_for_status
+from trace_forge.teachers.images import auto_format
+from trace_forge.teachers.runtime import MAX_CHARS_PER_TOKEN
 
 FAST = RuntimeConfig(timeout_s=2.0, max_retries=2, backoff_base_s=0.01, backoff_max_s=0.05)
 
@@ -86,8 +92,9 @@ def client_for(
     cache: ResponseCache | None = None,
     resize: Resize | None = None,
     model: str = "test-model",
+    **options: str,
 ) -> TeacherClient:
-    teacher = make_teacher(name, model, urls, encoder=ImageEncoder(resize))
+    teacher = make_teacher(name, model, urls, encoder=ImageEncoder(resize), **options)
     kwargs = {"sleep": sleep} if sleep is not None else {}
     return TeacherClient(teacher, config, cache=cache, rng=random.Random(0), **kwargs)
 
@@ -185,6 +192,19 @@ def test_anthropic_success_and_n_as_concurrent_calls() -> None:
     assert client.usage.prompt_tokens == 3 * (2 + 1 + 10)  # each call bills its own prompt: words + 10 per image
 
 
+@pytest.mark.parametrize("server_cls", [FakeOpenAIServer, FakeAnthropicServer])
+def test_greedy_n_is_one_request_for_one_sample_copied(server_cls: type) -> None:
+    # vLLM refuses n > 1 at temperature 0 (HTTP 400 "n must be 1 when using greedy sampling").
+    with server_cls() as server:
+        name = "openai" if server_cls is FakeOpenAIServer else "anthropic"
+        client = client_for(name, server.base_url)
+        replies = ask_one(client, SamplingParams(n=3, temperature=0))
+    assert server.request_count == 1 and server.requests[0].n == 1
+    assert [r.text for r in replies] == ["reply 0.0"] * 3
+    assert sum(r.completion_tokens for r in replies) == replies[0].completion_tokens == 2  # what was billed
+    assert (client.usage.requests, client.usage.completions) == (1, 1)
+
+
 def test_anthropic_rejects_repetition_penalty() -> None:
     with FakeAnthropicServer() as server:
         client = client_for("anthropic", server.base_url)
@@ -263,40 +283,81 @@ def test_permanent_hang_raises_teacher_timeout_after_max_retries() -> None:
     assert u.errors == {"timeout": 3} and u.failures == {"timeout": 1}
 
 
-def test_permanent_500_raises_unavailable_with_cause() -> None:
+@pytest.mark.parametrize("transport", ["lean", "sdk"])
+def test_permanent_500_raises_unavailable_naming_the_server(transport: str) -> None:
     with FakeOpenAIServer(script=lambda req: server_error(502)) as server:
-        client = client_for("openai", server.base_url)
+        client = client_for("openai", server.base_url, transport=transport)
         with pytest.raises(TeacherUnavailable) as info:
             ask_one(client)
-    assert info.value.status == 502 and info.value.__cause__ is not None
+    assert info.value.status == 502 and server.base_url in str(info.value) and "internal error" in str(info.value)
+    if transport == "sdk":
+        assert info.value.__cause__ is not None  # the SDK's exception, chained
     assert server.request_count == 3 and client.usage.failures == {"unavailable": 1}
 
 
-def test_malformed_json_is_a_counted_format_error_not_retried() -> None:
-    with FakeOpenAIServer(faults=[malformed()]) as server:
-        client = client_for("openai", server.base_url)
+MALFORMED = {"json": lambda s: malformed(), "no choices": lambda s: s.empty(), "no text": lambda s: openai_no_text()}
 
-        async def go() -> list[Completion]:
-            async with client:
-                with pytest.raises(TeacherFormatError, match="malformed"):
-                    await client.generate(user("a"))
-                return await client.generate(user("b"))  # the client keeps working
 
-        [reply] = asyncio.run(go())
+@pytest.mark.parametrize("transport", ["lean", "sdk"])
+@pytest.mark.parametrize("kind", MALFORMED)
+def test_a_malformed_reply_is_retried_and_counted_apart(kind: str, transport: str) -> None:
+    sleep = RecordingSleep()
+    with FakeOpenAIServer() as server:
+        server.faults.append(MALFORMED[kind](server))
+        client = client_for("openai", server.base_url, sleep=sleep, transport=transport)
+        [reply] = ask_one(client)
     assert reply.text == "reply 1.0" and server.request_count == 2
     u = client.usage
-    assert (u.retries, u.errors, u.failures) == (0, {"format": 1}, {"format": 1})
+    assert (u.format_retries, u.retries, u.errors, u.failures) == (1, 0, {"format": 1}, {})
+    assert len(sleep.delays) == 1  # backed off like a transient error
 
 
 @pytest.mark.parametrize("server_cls", [FakeOpenAIServer, FakeAnthropicServer])
-def test_empty_reply_is_a_format_error(server_cls: type) -> None:
+def test_a_reply_malformed_every_time_is_a_format_error_after_the_format_retries(server_cls: type) -> None:
+    config = dataclasses.replace(FAST, max_format_retries=1)
     with server_cls() as server:
-        server.faults.append(server.empty())
+        server.script = lambda req: server.empty()
         name = "openai" if server_cls is FakeOpenAIServer else "anthropic"
-        client = client_for(name, server.base_url)
-        with pytest.raises(TeacherFormatError, match="no (choices|text)"):
+        client = client_for(name, server.base_url, config=config)
+
+        async def go() -> list[Completion]:
+            async with client:
+                with pytest.raises(TeacherFormatError, match="no (choices|text)"):
+                    await client.generate(user("a"))
+                server.script = None
+                return await client.generate(user("b"))  # the client keeps working
+
+        [reply] = asyncio.run(go())
+    assert server.request_count == 3 and reply.text == "reply 2.0"
+    u = client.usage
+    assert (u.format_retries, u.retries, u.errors, u.failures) == (1, 0, {"format": 2}, {"format": 1})
+
+
+@pytest.mark.parametrize("transport", ["lean", "sdk"])
+def test_a_prompt_over_the_context_is_rejected_with_the_servers_words(transport: str) -> None:
+    with FakeOpenAIServer(faults=[too_long(2314, 2048)]) as server:
+        client = client_for("openai", server.base_url, transport=transport)
+        with pytest.raises(PromptTooLong) as info:
             ask_one(client)
-    assert server.request_count == 1 and client.usage.failures == {"format": 1}
+    assert isinstance(info.value, TeacherRejected) and info.value.status == 400
+    assert "Input length (2314) exceeds model's maximum context length (2048)" in str(info.value)
+    assert server.request_count == 1 and client.usage.failures == {"prompt_too_long": 1}
+
+
+@pytest.mark.parametrize("transport", ["lean", "sdk"])
+def test_a_404_from_a_base_url_without_v1_suggests_adding_it(transport: str) -> None:
+    with FakeOpenAIServer() as server:
+        bare = server.base_url.removesuffix("/v1")
+        with pytest.raises(TeacherRejected, match=f"404.*does not end in /v1: try {bare}/v1$"):
+            ask_one(client_for("openai", bare, transport=transport))
+        with FakeAnthropicServer() as other:
+            with pytest.raises(TeacherRejected, match=f"404.*ends in /v1.*try {other.base_url}$"):
+                ask_one(client_for("anthropic", other.base_url + "/v1"))
+        wrong_model = Reply(404, {"error": {"message": "The model `x` does not exist."}})
+        server.faults.append(wrong_model)
+        with pytest.raises(TeacherRejected) as info:
+            ask_one(client_for("openai", server.base_url, transport=transport))
+    assert "does not exist" in str(info.value) and "try" not in str(info.value)  # /v1 is there: no advice
 
 
 def test_client_errors_are_not_retried() -> None:
@@ -403,6 +464,33 @@ def test_partially_cached_n_requests_only_the_missing_samples(tmp_path: Path) ->
     assert [r.cached for r in more] == [True, True, False] and client.usage.cache_hits == 2
 
 
+def test_a_runaway_reply_is_cut_before_it_reaches_the_cache(tmp_path: Path) -> None:
+    cap = 10 * MAX_CHARS_PER_TOKEN
+    with FakeOpenAIServer(reply_text=lambda req, i: "x" * 100_000 if i == 0 else "short") as server:
+        client = client_for("openai", server.base_url, cache=ResponseCache(tmp_path / "c.sqlite"))
+        fresh = ask_one(client, SamplingParams(n=2, max_tokens=10))
+        again = client_for("openai", server.base_url, cache=ResponseCache(tmp_path / "c.sqlite"))
+        cached = ask_one(again, SamplingParams(n=2, max_tokens=10))
+    assert [(r.text, r.finish_reason) for r in fresh] == [("x" * cap, "length"), ("short", "stop")]
+    assert [r.text for r in cached] == [r.text for r in fresh] and server.request_count == 1
+    assert client.usage.truncated == 1 and client.snapshot()["truncated"] == 1
+
+
+def test_replies_are_cached_as_they_arrive_so_a_kill_repays_only_what_was_in_flight(tmp_path: Path) -> None:
+    # Anthropic has no n: n=2 is two concurrent calls. The second hangs (a kill would lose it); the first's
+    # reply is in the cache all the same, and the next run asks only for the second.
+    config = RuntimeConfig(timeout_s=0.3, max_retries=0)
+    with FakeAnthropicServer(script=lambda req: hang(30) if req.index == 1 else None) as server:
+        with pytest.raises(TeacherTimeout):
+            ask_one(client_for("anthropic", server.base_url, config=config,
+                               cache=ResponseCache(tmp_path / "c.sqlite")), SamplingParams(n=2))
+    with FakeAnthropicServer() as server:
+        client = client_for("anthropic", server.base_url, cache=ResponseCache(tmp_path / "c.sqlite"))
+        replies = ask_one(client, SamplingParams(n=2))
+    assert server.request_count == 1 and client.usage.cache_hits == 1
+    assert [r.cached for r in replies] == [True, False]
+
+
 def test_request_key_ignores_n_and_image_identity_but_not_content_or_params() -> None:
     encoder = ImageEncoder()
 
@@ -445,8 +533,8 @@ def test_api_key_never_logged_or_written(
     secret = "sk-test-SECRET-4242"
     monkeypatch.setenv("MY_TEACHER_KEY", secret)
     caplog.set_level(logging.DEBUG)  # every logger, the SDKs' and httpx's included
-    # Request 0 is rate limited (a logged retry), request 1 succeeds, request 2 is malformed (a logged failure).
-    with FakeOpenAIServer(faults=[rate_limited(0)], script=lambda r: malformed() if r.index == 2 else None) as server:
+    # Request 0 is rate limited (a logged retry), request 1 succeeds, requests 2.. are malformed (a logged failure).
+    with FakeOpenAIServer(faults=[rate_limited(0)], script=lambda r: malformed() if r.index >= 2 else None) as server:
         client = build_client("openai", "gpt-4o", [server.base_url], api_key_env="MY_TEACHER_KEY",
                               config=FAST, cache_path=tmp_path / "run" / "cache.sqlite")
 
@@ -541,8 +629,8 @@ def test_unresized_jpeg_and_png_files_are_sent_as_their_own_bytes(tmp_path: Path
     assert client.teacher.encoder.encodes == 3  # the JPEG once for both refs, the PNG, the RGBA re-encode
     # A resize, or a PIL image that is not the file's size, is never replaced by the file.
     resized = ImageEncoder(Resize(max_pixels=50_000)).encode(ImageRef(photo))
-    assert resized.mime == "image/png" and resized.sent_size == (252, 168)
-    cropped = ImageEncoder().encode(ImageRef(canvas.crop((0, 0, 100, 100)), file=photo))
+    assert resized.mime == "image/jpeg" and resized.sent_size == (252, 168)  # a JPEG photo stays JPEG
+    cropped = ImageEncoder(format="png").encode(ImageRef(canvas.crop((0, 0, 100, 100)), file=photo))
     assert cropped.sent_size == (100, 100) and cropped.mime == "image/png"
 
 
@@ -554,20 +642,91 @@ def test_jpeg_option_encodes_at_quality_95() -> None:
     assert encoded.mime == "image/jpeg" and encoded.data == expected.getvalue()
 
 
+def colour_noise(size: tuple[int, int]) -> Image.Image:
+    """A photo stand-in: thousands of colours (grey noise has only 256)."""
+    return Image.merge("RGB", [Image.effect_noise(size, 60 + 10 * band) for band in range(3)])
+
+
+def test_auto_format_keeps_jpeg_photos_jpeg_and_screenshots_png(tmp_path: Path) -> None:
+    photo = colour_noise((300, 200))
+    shot = dot_image((300, 200))  # two colours, like a flat GUI screenshot
+    photo.save(tmp_path / "photo.jpg", quality=90)
+    photo.save(tmp_path / "photo.png")
+    shot.save(tmp_path / "shot.jpg")
+    resize = Resize(max_pixels=30_000)  # so that no file is sent as it is
+
+    def mime(source: Image.Image | Path, fmt: str = "auto") -> str:
+        return ImageEncoder(resize, fmt).encode(ImageRef(source)).mime
+
+    # the source file decides first, then (without a file) the number of colours
+    assert mime(tmp_path / "photo.jpg") == mime(tmp_path / "shot.jpg") == mime(photo) == "image/jpeg"
+    assert mime(tmp_path / "photo.png") == mime(shot) == mime(photo.convert("RGBA")) == "image/png"
+    assert mime(tmp_path / "photo.jpg", "png") == "image/png" and mime(shot, "JPEG") == "image/jpeg"
+    assert auto_format(Image.new("RGB", (64, 64), "white"), "BMP") == "PNG"
+    with pytest.raises(ValueError, match="auto, png, jpeg"):
+        ImageEncoder(format="gif")
+
+
+def test_the_image_part_is_built_once_and_sent_in_every_request_as_is() -> None:
+    ref = ImageRef(colour_noise((200, 150)))
+    with FakeOpenAIServer(honour_n=False) as server:
+        client = client_for("openai", server.base_url)
+        ask(client, [user(f"q{i}", ref) for i in range(3)], SamplingParams(n=2))  # 3 chats, each split in two
+    encoded = client.teacher.encoder.encode(ref)
+    assert json.loads(encoded.data_url_json) == encoded.data_url == f"data:image/jpeg;base64,{encoded.base64}"
+    assert server.request_count == 6 and {r.images[0] for r in server.requests} == {encoded.data}
+    assert encoded.mime == "image/jpeg" and client.teacher.encoder.encodes == 1
+
+
+def test_lean_and_sdk_transports_send_the_same_body() -> None:
+    chat = [Message("system", ("Be brief. \u00e9\u4e2d",)), *user("Where is the \"dot\"?", dot_image()),
+            Message("assistant", ("<think>(1, 2)</think>",)), Message("tool", (dot_image((32, 32), dot=(5, 5)), "crop"))]
+    params = SamplingParams(n=2, temperature=0.7, top_p=0.9, max_tokens=64, stop=("</think>",), seed=7, top_k=20,
+                            repetition_penalty=1.05)
+    bodies = []
+    for transport in ("lean", "sdk"):
+        with FakeOpenAIServer() as server:
+            client = client_for("openai", server.base_url, transport=transport)
+            replies = ask(client, [chat], params)[0]
+        assert [r.text for r in replies] == ["reply 0.0", "reply 0.1"] and replies[0].prompt_tokens > 0
+        bodies.append(server.requests[0].body)
+    assert bodies[0] == bodies[1]
+
+
+def test_the_sdk_carries_requests_that_a_proxy_variable_routes(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy",
+                 "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    assert make_teacher("openai", "m", ["http://gpu1:8000/v1"]).transport == "lean"
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy:3128")
+    assert make_teacher("openai", "m", ["http://gpu1:8000/v1"]).transport == "sdk"
+    monkeypatch.setenv("NO_PROXY", "gpu1")
+    assert make_teacher("openai", "m", ["http://gpu1:8000/v1"]).transport == "lean"
+    with pytest.raises(ConfigError, match="auto, lean or sdk"):
+        make_teacher("openai", "m", ["http://gpu1:8000/v1"], transport="h2")
+
+
 def test_a_one_file_sample_is_sent_as_its_file_and_a_composed_one_as_its_canvas() -> None:
     from trace_forge.tasks import get_task
 
     sample = next(iter(get_task("vstar").load(Path(__file__).parents[2] / "data" / "samples" / "vstar", limit=1)))
     assert ImageEncoder().encode(ImageRef.of_sample(sample)).data == Path(sample.images[0]).read_bytes()
     pair = ImageRef.of_sample(dataclasses.replace(sample, images=[sample.images[0]] * 2))
-    assert pair.file is None and pair.source.size[0] == 2 * sample.canvas().size[0]
+    assert pair.file is None and pair.open().size[0] == 2 * sample.canvas().size[0]
+    # Resized: decoded once for both refs (the file identifies the pixels), and no ref holds the decoded photo.
+    encoder = ImageEncoder(Resize(max_pixels=50_000))
+    a, b = ImageRef.of_sample(sample), ImageRef.of_sample(sample)
+    assert encoder.encode(a) is encoder.encode(b) and encoder.encodes == 1
+    assert not isinstance(a.source, Image.Image)
+    with Image.open(io.BytesIO(encoder.encode(a).data)) as sent:
+        assert sent.size == encoder.resize.model_size(*sample.canvas().size)
 
 
 def test_aencode_and_the_runtime_encode_off_the_event_loop() -> None:
     class SlowEncoder(ImageEncoder):
-        def _encode(self, image: Image.Image):  # a 40 MP photo: seconds of CPU
+        def _encode(self, image: Image.Image, fmt: str):  # a 40 MP photo: seconds of CPU
             time.sleep(0.4)
-            return super()._encode(image)
+            return super()._encode(image, fmt)
 
     async def ticks_while(work) -> tuple[int, object]:
         ticks = 0
@@ -586,6 +745,30 @@ def test_aencode_and_the_runtime_encode_off_the_event_loop() -> None:
         client = TeacherClient(teacher, FAST, rng=random.Random(0))
         ticks, _ = asyncio.run(ticks_while(client.generate(user("q", dot_image((64, 64), dot=(5, 5))))))
     assert ticks >= 10  # other questions' requests kept running while the image was encoded
+
+
+def test_encoding_threads_leave_a_core_to_the_event_loop() -> None:
+    busy, most = [0], [0]
+    lock = threading.Lock()
+
+    class CountingEncoder(ImageEncoder):
+        def _encode(self, image: Image.Image, fmt: str):
+            with lock:
+                busy[0] += 1
+                most[0] = max(most[0], busy[0])
+            time.sleep(0.05)
+            with lock:
+                busy[0] -= 1
+            return super()._encode(image, fmt)
+
+    encoder = CountingEncoder()
+    threads = [threading.Thread(target=encoder.encode, args=(ImageRef(dot_image((64, 48), dot=(i, i))),))
+               for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert encoder.encodes == 8 and most[0] == max(1, (os.cpu_count() or 2) - 1)
 
 
 def test_usage_percentiles_and_cost(tmp_path: Path) -> None:

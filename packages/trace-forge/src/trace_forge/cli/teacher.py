@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from pathlib import Path
 from typing import Annotated
@@ -12,6 +13,12 @@ from PIL import Image, ImageDraw
 from rich.markup import escape
 
 from trace_forge.cli._app import app, console
+from trace_forge.errors import ConfigError
+from trace_forge.teachers.images import IMAGE_FORMATS
+from trace_forge.teachers.runtime import RuntimeConfig
+
+# The check retries and times out exactly as a search does: the same defaults, from the one definition.
+_RUNTIME = RuntimeConfig()
 
 teacher_app = typer.Typer(help="Check teacher backends.", no_args_is_help=True)
 app.add_typer(teacher_app, name="teacher")
@@ -49,35 +56,48 @@ def check(
     max_pixels: Annotated[
         int | None, typer.Option(help="Resize images to this pixel budget first (the model's max_pixels).")
     ] = None,
+    image_format: Annotated[
+        str,
+        typer.Option(help=f"How images are sent: {', '.join(IMAGE_FORMATS[:3])} (auto: JPEG for photos, PNG for "
+                     "screenshots and lossless files)."),
+    ] = "auto",
     max_tokens: Annotated[int, typer.Option(help="Tokens per reply.")] = 128,
-    timeout: Annotated[float, typer.Option(help="Seconds before the request is cancelled.")] = 60.0,
-    retries: Annotated[int, typer.Option(help="Retries on rate limits, timeouts and server errors.")] = 1,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds before a request is cancelled (as in a search).")
+    ] = _RUNTIME.timeout_s,
+    retries: Annotated[
+        int, typer.Option(help="Retries on rate limits, timeouts and server errors (as in a search).")
+    ] = _RUNTIME.max_retries,
     price_table: Annotated[
         Path | None, typer.Option(exists=True, dir_okay=False, help="JSON price table overriding the built-in one.")
     ] = None,
 ) -> None:
     """Send one request with an image and n=2; print the replies, latency, token usage and whether n was honoured.
 
-    Exits 1 with one line when the request fails.
+    Retries like a search (same policy and defaults), so a server a search would get through passes the check.
+    Exits 1 with one line, naming the endpoint, when the request fails for good.
     """
     from trace_forge.grounding.frames import Resize
     from trace_forge.teachers import (
         ImageRef,
         Message,
-        RuntimeConfig,
         SamplingParams,
         TeacherError,
         build_client,
         load_price_table,
     )
 
-    config = RuntimeConfig(concurrency=2, timeout_s=timeout, max_retries=retries)
+    if image_format.lower() not in IMAGE_FORMATS:
+        raise ConfigError(f"--image-format must be one of {', '.join(IMAGE_FORMATS)}, got {image_format!r}")
+    config = dataclasses.replace(_RUNTIME, concurrency=2, timeout_s=timeout, max_retries=retries)
     client = build_client(
         teacher, model, base_url or (), api_key_env,
         config=config,
         resize=Resize(max_pixels=max_pixels) if max_pixels is not None else None,
+        image_format=image_format,
         prices=load_price_table(price_table) if price_table is not None else None,
     )
+    endpoints = ", ".join(base_url or ["default endpoint"])
     ref = ImageRef(image if image is not None else _test_image())
     chat = [Message("user", (ref, _PROMPT))]
 
@@ -89,21 +109,23 @@ def check(
     try:
         replies = asyncio.run(ask())
     except TeacherError as e:
-        message = escape(f"teacher check failed ({teacher}, {model}): {e}")  # server text may hold [brackets]
+        # The error names the endpoint it came from; this line names them all (replicas), for a failure before one.
+        message = escape(f"teacher check failed ({teacher}, {model}, {endpoints}): {e}")  # may hold [brackets]
         console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from e
     latency = time.perf_counter() - start
 
     usage = client.usage
     geometry = client.geometry(ref)
-    typer.echo(f"teacher: {teacher}  model: {model}  endpoints: {', '.join(base_url or ['default'])}")
+    typer.echo(f"teacher: {teacher}  model: {model}  endpoints: {endpoints}")
     typer.echo(f"image: {geometry.width}x{geometry.height} sent as {geometry.model_width}x{geometry.model_height} "
                f"(teacher points are in this 'model' frame)" + ("" if image else f"; red dot at {_DOT}"))
     for i, reply in enumerate(replies, 1):
         typer.echo(f"reply {i} [{reply.finish_reason}]: {reply.text.strip()}")
     cost = usage.cost_usd()
     typer.echo(f"latency: {usage.latency_percentiles()['p50']:.3f} s per request, {latency:.3f} s in all  "
-               f"requests: {usage.requests}  tokens: prompt {usage.prompt_tokens}, "
+               f"requests: {usage.requests} ({usage.retries + usage.format_retries} retries)  "
+               f"tokens: prompt {usage.prompt_tokens}, "
                f"completion {usage.completion_tokens}  cost: " + (f"${cost:.6f}" if cost is not None else "unknown"))
     if not client.teacher.supports_n:
         typer.echo(f"n honoured: n/a ({teacher} samples one reply per request; sent {usage.requests})")

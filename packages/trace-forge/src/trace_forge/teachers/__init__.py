@@ -25,6 +25,7 @@ from trace_forge.teachers.base import (
 )
 from trace_forge.teachers.cache import ResponseCache
 from trace_forge.teachers.errors import (
+    PromptTooLong,
     RateLimited,
     TeacherError,
     TeacherFormatError,
@@ -48,6 +49,7 @@ __all__ = [
     "register_backend",
     "register_teacher",
     "ResponseCache",
+    "PromptTooLong",
     "RateLimited",
     "TeacherError",
     "TeacherFormatError",

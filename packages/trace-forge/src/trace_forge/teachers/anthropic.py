@@ -71,7 +71,7 @@ class AnthropicTeacher(Teacher):
         if params.n != 1:
             raise ValueError(f"the anthropic backend samples one completion per call, got n={params.n}")
         body = self._body(chat, params)
-        with translate_sdk_errors(anthropic, self.name):
+        with translate_sdk_errors(anthropic, self.name, self.base_url, wants_v1=False):
             response = await self._client.messages.create(**body)
         return [self._completion(response)]
 

@@ -182,12 +182,21 @@ class Teacher(ABC):
         self.model = model
         self.encoder = encoder if encoder is not None else ImageEncoder()
 
+    def prepare(self, chat: Chat) -> Any:
+        """The chat in the form :meth:`_generate` takes, made once per ``generate`` call of the runtime.
+
+        Every request of that call (the parts of a split ``n``, the retries) reuses it, so a backend that
+        serializes the chat does it once. The default is the chat itself.
+        """
+        return chat
+
     @abstractmethod
     async def _generate(self, chat: Chat, params: SamplingParams) -> list[Completion]:
         """Send one request for ``params.n`` samples (1 when not :attr:`supports_n`).
 
-        May return fewer completions than asked (a server that ignores ``n``); the runtime tops up. Never returns
-        an empty list: no usable sample is a :class:`~trace_forge.teachers.errors.TeacherFormatError`.
+        ``chat`` is what :meth:`prepare` returned for it. May return fewer completions than asked (a server that
+        ignores ``n``); the runtime tops up. Never returns an empty list: no usable sample is a
+        :class:`~trace_forge.teachers.errors.TeacherFormatError`.
         """
 
     def describe(self) -> dict[str, Any]:

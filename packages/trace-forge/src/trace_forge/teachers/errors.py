@@ -10,13 +10,16 @@ Hierarchy::
         ├── RateLimited          429                                   retried, honours Retry-After
         ├── TeacherTimeout       timeout, 408                          retried
         ├── TeacherUnavailable   5xx, 409, connection refused / reset  retried
-        ├── TeacherFormatError   bad JSON, empty choices, no text      not retried (a dead node to search)
+        ├── TeacherFormatError   bad JSON, empty choices, no text      retried a few times (max_format_retries),
+        │                                                              then a dead node to search
         └── TeacherRejected      other 4xx (bad request, auth)         not retried
+            └── PromptTooLong    400 "maximum context length"          not retried; eval records it per item
 """
 
 from __future__ import annotations
 
 import email.utils
+import re
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -32,7 +35,9 @@ __all__ = [
     "TeacherUnavailable",
     "TeacherFormatError",
     "TeacherRejected",
+    "PromptTooLong",
     "error_for_status",
+    "base_url_hint",
     "parse_retry_after",
     "translate_sdk_errors",
 ]
@@ -79,15 +84,35 @@ class TeacherUnavailable(TeacherError):
 
 
 class TeacherFormatError(TeacherError):
-    """The server answered 200 with something unusable: bad JSON, no choices, missing fields."""
+    """The server answered 200 with something unusable: bad JSON, no choices, a choice without text.
+
+    Retried, but only :attr:`~trace_forge.teachers.runtime.RuntimeConfig.max_format_retries` times: a body cut by
+    a proxy or a restarting server is transient, a model that writes no text for this prompt is not.
+    """
 
     kind = "format"
+    retryable = True
 
 
 class TeacherRejected(TeacherError):
     """The server refused the request itself (400, 401, 403, 404, 422, ...); sending it again cannot help."""
 
     kind = "rejected"
+
+
+class PromptTooLong(TeacherRejected):
+    """HTTP 400: the prompt (images included) does not fit the model's context; the message keeps the server's words.
+
+    A property of one prompt, not of the server: an evaluation records it for that item and goes on.
+    """
+
+    kind = "prompt_too_long"
+
+
+# How servers word a prompt over the context: vLLM ("Input length (2314) exceeds model's maximum context length
+# (2048)", older "This model's maximum context length is ..."), OpenAI ("context_length_exceeded"), Anthropic
+# ("prompt is too long").
+_TOO_LONG = re.compile(r"maximum context length|context_length_exceeded|prompt is too long", re.IGNORECASE)
 
 
 def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
@@ -132,7 +157,10 @@ def _non_negative_float(text: str, scale: float = 1.0) -> float | None:
 
 
 def error_for_status(status: int, headers: Mapping[str, str], message: str) -> TeacherError:
-    """The typed error for an HTTP error status (the same table the OpenAI SDK retries on)."""
+    """The typed error for an HTTP error status (the same table the OpenAI SDK retries on).
+
+    ``message`` should carry the server's own error text: it decides :class:`PromptTooLong`.
+    """
     retry_after = parse_retry_after(headers)
     if status == 429:
         cls: type[TeacherError] = RateLimited
@@ -140,26 +168,53 @@ def error_for_status(status: int, headers: Mapping[str, str], message: str) -> T
         cls = TeacherTimeout
     elif status == 409 or status >= 500:
         cls = TeacherUnavailable
+    elif status in (400, 413) and _TOO_LONG.search(message):
+        cls = PromptTooLong
     else:
         cls = TeacherRejected
     return cls(message, retry_after=retry_after, status=status)
 
 
+def base_url_hint(status: int, base_url: str | None, *, wants_v1: bool) -> str:
+    """Advice for a 404 from a ``--base-url`` that has (or lacks) the ``/v1`` its API expects, else ``""``.
+
+    OpenAI-style servers (vLLM, SGLang) serve ``/v1/chat/completions`` and the OpenAI SDK appends only
+    ``/chat/completions``; the Anthropic SDK appends ``/v1/messages`` itself. A real vLLM server answers the wrong
+    form with a bare 404.
+
+    Example:
+        >>> base_url_hint(404, "http://gpu1:8000", wants_v1=True)
+        '; the --base-url does not end in /v1: try http://gpu1:8000/v1'
+    """
+    if status != 404 or not base_url:
+        return ""
+    url = base_url.rstrip("/")
+    if wants_v1 and not url.endswith("/v1"):
+        return f"; the --base-url does not end in /v1: try {url}/v1"
+    if not wants_v1 and url.endswith("/v1"):
+        return f"; the --base-url ends in /v1, which this API adds itself: try {url[:-3]}"
+    return ""
+
+
 @contextmanager
-def translate_sdk_errors(sdk: ModuleType, backend: str) -> Iterator[None]:
+def translate_sdk_errors(sdk: ModuleType, backend: str, base_url: str | None = None, *,
+                         wants_v1: bool = True) -> Iterator[None]:
     """Turn exceptions of an OpenAI-style SDK (``openai``, ``anthropic``) raised inside the block into typed errors.
 
     Both SDKs name their exceptions alike (``APITimeoutError`` < ``APIConnectionError``, ``APIStatusError``,
     ``APIResponseValidationError``), so one translation serves both. A body that is not JSON surfaces from the
-    SDKs as a bare ``ValueError`` (``json.JSONDecodeError``), hence that arm.
+    SDKs as a bare ``ValueError`` (``json.JSONDecodeError``), hence that arm. Messages name ``base_url`` when
+    given, and a 404 gets :func:`base_url_hint`.
     """
+    where = f"{backend} at {base_url}" if base_url else backend
     try:
         yield
     except sdk.APITimeoutError as e:
-        raise TeacherTimeout(f"{backend}: request timed out") from e
+        raise TeacherTimeout(f"{where}: request timed out") from e
     except sdk.APIConnectionError as e:
-        raise TeacherUnavailable(f"{backend}: connection failed: {e}") from e
+        raise TeacherUnavailable(f"{where}: connection failed: {e}") from e
     except sdk.APIStatusError as e:
-        raise error_for_status(e.status_code, e.response.headers, f"{backend}: HTTP {e.status_code}: {e}") from e
+        hint = base_url_hint(e.status_code, base_url, wants_v1=wants_v1)
+        raise error_for_status(e.status_code, e.response.headers, f"{where}: HTTP {e.status_code}: {e}{hint}") from e
     except (sdk.APIResponseValidationError, ValueError) as e:
-        raise TeacherFormatError(f"{backend}: malformed response: {e}") from e
+        raise TeacherFormatError(f"{where}: malformed response: {e}") from e

@@ -5,10 +5,22 @@ Search code calls :meth:`TeacherClient.generate` and gets exactly ``n`` completi
 
 1. samples already in the response cache are served from it;
 2. the missing ones are requested: one call for all of them when the backend takes ``n`` (split into several
-   concurrent calls once a server is seen to cap or ignore ``n``), else one concurrent call per sample;
+   concurrent calls once a server is seen to cap or ignore ``n``), else one concurrent call per sample. At
+   temperature 0 one sample is requested (``n=1``) and copied ``n`` times: greedy samples are identical by
+   definition, and vLLM refuses ``n > 1`` with greedy sampling (HTTP 400);
 3. each call waits for a concurrency slot and a rate-limit slot, then runs under a timeout that cancels it;
 4. rate limits, timeouts, 5xx and connection failures are retried with capped exponential backoff and jitter, or
-   after the server's Retry-After (capped); format errors and other 4xx are not retried. Everything is counted.
+   after the server's Retry-After (capped); malformed replies (bad JSON, no choices, a choice without text) are
+   retried at most ``max_format_retries`` times; other 4xx are not retried. Everything is counted;
+5. a completion longer than :data:`MAX_CHARS_PER_TOKEN` characters per ``max_tokens`` (a server that ignored
+   ``max_tokens``) is cut to that length, marked ``finish_reason="length"`` and counted: the caller and the cache
+   get the same cut text, so a runaway reply can neither bloat the cache nor change on resume;
+6. each call's completions are written to the cache as soon as its reply arrives.
+
+What a resume can pay twice: a kill loses exactly the requests in flight at that moment (at most ``concurrency``);
+their replies never reached us, so nothing can be saved of them, and a resumed run sends them again. Everything
+received before is in the cache: a completed SQLite transaction survives the kill of the process (WAL), and only an
+operating-system crash or power loss can drop the last few (``synchronous=NORMAL``).
 """
 
 from __future__ import annotations
@@ -33,13 +45,18 @@ from trace_forge.teachers.errors import TeacherError, TeacherFormatError, Teache
 from trace_forge.teachers.images import ImageEncoder, ImageRef
 from trace_forge.teachers.usage import DEFAULT_PRICES, Price, Usage
 
-__all__ = ["RuntimeConfig", "TeacherClient", "build_client", "teacher_settings"]
+__all__ = ["RuntimeConfig", "TeacherClient", "build_client", "teacher_settings", "MAX_CHARS_PER_TOKEN"]
 
 logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
 _JITTER = 0.25  # a backoff delay is shortened by up to 25% at random, so clients that failed together spread out
+
+# Longest completion kept, in characters per token of max_tokens. BPE tokens average about 4 characters of English
+# and rarely more than 8 over a whole reply, so 16 never cuts an honest reply; a server that ignores max_tokens
+# (one 2-question search wrote a 300 MB cache) is cut at 8,192 characters for max_tokens=512.
+MAX_CHARS_PER_TOKEN = 16
 
 # describe() fields that do not change a teacher's replies: where it is served, and how many questions a simulator
 # was handed (run.json files of earlier versions record it; a resumed run may search more of them).
@@ -60,7 +77,9 @@ class RuntimeConfig:
             busy without queueing minutes of work).
         requests_per_second: start at most this many requests per second; None for no limit.
         timeout_s: a request with no complete reply after this long is cancelled and counts as a timeout.
-        max_retries: retries after the first attempt, for retryable errors only.
+        max_retries: retries after the first attempt, for rate limits, timeouts, 5xx and connection errors.
+        max_format_retries: retries after a malformed reply (bad JSON, no choices, a choice without text); few,
+            since a model that writes no text for a prompt does it again.
         backoff_base_s: first retry delay; doubles with each retry.
         backoff_max_s: cap of the exponential delay.
         retry_after_cap_s: longest Retry-After we honour; a longer one waits this long.
@@ -70,6 +89,7 @@ class RuntimeConfig:
     requests_per_second: float | None = None
     timeout_s: float = 120.0
     max_retries: int = 6
+    max_format_retries: int = 2
     backoff_base_s: float = 0.5
     backoff_max_s: float = 30.0
     retry_after_cap_s: float = 60.0
@@ -84,6 +104,8 @@ class RuntimeConfig:
             problems.append(f"timeout_s={self.timeout_s} (need > 0)")
         if self.max_retries < 0:
             problems.append(f"max_retries={self.max_retries} (need >= 0)")
+        if self.max_format_retries < 0:
+            problems.append(f"max_format_retries={self.max_format_retries} (need >= 0)")
         if not 0 <= self.backoff_base_s <= self.backoff_max_s:
             problems.append(f"backoff_base_s={self.backoff_base_s}, backoff_max_s={self.backoff_max_s} "
                             "(need 0 <= base <= max)")
@@ -171,9 +193,13 @@ class TeacherClient:
         self._key_salt = json.dumps(extra, sort_keys=True, default=str) if extra else ""
         # Most samples one call has returned when asked for more: None until a server is seen to cap `n`.
         self._n_cap: int | None = None if teacher.supports_n else 1
+        self._warned_long = False
 
     async def generate(self, chat: Chat, params: SamplingParams | None = None) -> list[Completion]:
         """Exactly ``params.n`` completions for ``chat``, in sample-index order.
+
+        At temperature 0 the ``n`` completions are one greedy sample and its copies (the copies carry no tokens,
+        so token sums stay what was billed).
 
         Raises:
             TeacherError: a request failed for good (after retries, when its error is retryable).
@@ -183,6 +209,7 @@ class TeacherClient:
             raise ValueError("a chat needs at least one message")
         for image in dict.fromkeys(image for message in chat for image in message.images):
             await self.teacher.encoder.aencode(image)  # off the event loop; the key and the backend then hit the memo
+        wanted = range(1) if params.temperature == 0 else range(params.n)
         key = None
         got: dict[int, Completion] = {}
         if self.cache is not None:
@@ -190,15 +217,14 @@ class TeacherClient:
                               lambda ref: self.teacher.encoder.encode(ref).sha256)
             if self._key_salt:
                 key = hashlib.sha256(f"{key}/{self._key_salt}".encode()).hexdigest()
-            got = self.cache.get_many(key, range(params.n))
+            got = self.cache.get_many(key, wanted)
             self.usage.cache_hits += len(got)
-        missing = [i for i in range(params.n) if i not in got]
+        missing = [i for i in wanted if i not in got]
         if missing:
-            fresh = await self._sample(chat, params, missing)
-            if self.cache is not None and key is not None:
-                self.cache.put_many(key, fresh)
-            got.update(fresh)
-        return [got[i] for i in range(params.n)]
+            got.update(await self._sample(self.teacher.prepare(chat), params, missing, key))
+        out = [got[i] for i in wanted]
+        copy = dataclasses.replace(out[0], prompt_tokens=0, completion_tokens=0)
+        return out + [copy] * (params.n - len(out))
 
     def geometry(self, image: ImageRef) -> ImageGeometry:
         """Frames of ``image`` as sent: teacher coordinates are in its ``model`` frame."""
@@ -224,11 +250,16 @@ class TeacherClient:
 
     # --- sampling --------------------------------------------------------------------------------------------
 
-    async def _sample(self, chat: Chat, params: SamplingParams, indices: list[int]) -> dict[int, Completion]:
-        """Request the samples ``indices``; returns them by index, topping up when a server returns too few."""
+    async def _sample(self, prepared: Any, params: SamplingParams, indices: list[int],
+                      key: str | None) -> dict[int, Completion]:
+        """Request the samples ``indices``; returns them by index, topping up when a server returns too few.
+
+        ``prepared`` is the backend's form of the chat (:meth:`Teacher.prepare`); ``key`` the cache key, under
+        which each call's completions are stored as soon as they arrive.
+        """
         size = self._n_cap or len(indices)
         chunks = [indices[j:j + size] for j in range(0, len(indices), size)]
-        replies = await _all([self._request(chat, _chunk_params(params, chunk)) for chunk in chunks])
+        replies = await _all([self._request_and_cache(prepared, params, chunk, key) for chunk in chunks])
         out: dict[int, Completion] = {}
         short: list[int] = []
         for chunk, completions in zip(chunks, replies, strict=True):
@@ -241,13 +272,21 @@ class TeacherClient:
                                    self.teacher.name, len(completions), len(chunk), self._n_cap)
                 self.usage.short_n += 1
         if short:
-            out.update(await self._sample(chat, params, short))
+            out.update(await self._sample(prepared, params, short, key))
         return out
 
-    async def _request(self, chat: Chat, params: SamplingParams) -> list[Completion]:
+    async def _request_and_cache(self, prepared: Any, params: SamplingParams, chunk: list[int],
+                                 key: str | None) -> list[Completion]:
+        completions = await self._request(prepared, _chunk_params(params, chunk))
+        if self.cache is not None and key is not None:
+            self.cache.put_many(key, dict(zip(chunk, completions, strict=False)))
+        return completions
+
+    async def _request(self, chat: Any, params: SamplingParams) -> list[Completion]:
         """One API call with the runtime policy: the only retry loop of trace-forge."""
         cfg = self.config
-        attempt = 0
+        attempt = 0  # retries so far after rate limits, timeouts, 5xx and connection errors
+        format_attempt = 0  # retries so far after malformed replies
         while True:
             async with self._slots:
                 if self._rate is not None:
@@ -266,20 +305,39 @@ class TeacherClient:
                 except TeacherError as e:
                     error = e
                 else:
+                    completions = [self._capped(c, params.max_tokens) for c in completions]
                     self._record_success(completions, self._clock() - start)
                     return completions
             self.usage.errors[error.kind] += 1
-            if not error.retryable or attempt == cfg.max_retries:
+            malformed = isinstance(error, TeacherFormatError)
+            done, limit = (format_attempt, cfg.max_format_retries) if malformed else (attempt, cfg.max_retries)
+            if not error.retryable or done >= limit:
                 self.usage.failures[error.kind] += 1
                 # INFO, not WARNING: the caller reports the failure with its context (question id, command).
-                logger.info("teacher %s: giving up after %d attempt(s): %s", self.teacher.name, attempt + 1, error)
+                logger.info("teacher %s: giving up after %d attempt(s): %s", self.teacher.name,
+                            attempt + format_attempt + 1, error)
                 raise error
-            delay = cfg.backoff(attempt, error.retry_after, self._rng)
-            self.usage.retries += 1
-            logger.info("teacher %s: %s; retry %d/%d in %.2fs", self.teacher.name, error, attempt + 1,
-                        cfg.max_retries, delay)
+            delay = cfg.backoff(done, error.retry_after, self._rng)
+            if malformed:
+                self.usage.format_retries += 1
+                format_attempt += 1
+            else:
+                self.usage.retries += 1
+                attempt += 1
+            logger.info("teacher %s: %s; retry %d/%d in %.2fs", self.teacher.name, error, done + 1, limit, delay)
             await self._sleep(delay)
-            attempt += 1
+
+    def _capped(self, completion: Completion, max_tokens: int) -> Completion:
+        """``completion`` cut to :data:`MAX_CHARS_PER_TOKEN` characters per token of ``max_tokens``."""
+        limit = max_tokens * MAX_CHARS_PER_TOKEN
+        if len(completion.text) <= limit:
+            return completion
+        self.usage.truncated += 1
+        level = logging.INFO if self._warned_long else logging.WARNING
+        self._warned_long = True
+        logger.log(level, "teacher %s: a reply of %d characters for max_tokens=%d was cut to %d (does the server "
+                   "honour max_tokens?)", self.teacher.name, len(completion.text), max_tokens, limit)
+        return dataclasses.replace(completion, text=completion.text[:limit], finish_reason="length")
 
     def _record_success(self, completions: list[Completion], latency: float) -> None:
         u = self.usage
@@ -316,7 +374,7 @@ def build_client(
     config: RuntimeConfig | None = None,
     cache_path: str | Path | None = None,
     resize: Resize | None = None,
-    image_format: str = "PNG",
+    image_format: str = "auto",
     prices: dict[str, Price] | None = None,
     **kwargs: Any,
 ) -> TeacherClient:
@@ -327,7 +385,8 @@ def build_client(
         config: runtime limits and retry policy.
         cache_path: SQLite response cache file (e.g. in the run directory); None disables caching.
         resize: the teacher model's pixel budget; images are sent at ``resize.model_size`` (None: original size).
-        image_format: encoding of sent images.
+        image_format: encoding of sent images: ``auto`` (JPEG for photos, PNG for screenshots; see
+            :func:`~trace_forge.teachers.images.auto_format`), ``png`` or ``jpeg``.
         prices: price table for cost estimates (see :func:`~trace_forge.teachers.usage.load_price_table`).
     """
     encoder = ImageEncoder(resize, image_format)

@@ -141,6 +141,9 @@ class SimTeacher(Teacher):
         self.hit_bonus = hit_bonus
         self._by_question: dict[str, list[Sample]] | None = None  # built on the first request
         self._by_image: dict[str, list[Sample]] | None = None  # built only if a request's text matches no question
+        # Per sample: decoding and re-encoding a screenshot for every request sharing its instruction took 90% of
+        # benchmarks/mcts_yield.py's time.
+        self._shas: dict[int, set[str]] = {}
 
     async def _generate(self, chat: Chat, params: SamplingParams) -> list[Completion]:
         if self.latency_s:
@@ -195,8 +198,12 @@ class SimTeacher(Teacher):
     def _image_shas(self, sample: Sample) -> set[str]:
         """The sample's image as a request may carry it: as the search sends it (its file's own bytes when no
         resize is needed) or as its canvas re-encoded."""
-        ref = ImageRef.of_sample(sample)
-        return {self.encoder.encode(ref).sha256, self.encoder.encode(ImageRef(ref.source)).sha256}
+        shas = self._shas.get(id(sample))
+        if shas is None:
+            ref = ImageRef.of_sample(sample)
+            shas = self._shas[id(sample)] = {self.encoder.encode(ref).sha256,
+                                             self.encoder.encode(ImageRef(ref.open())).sha256}
+        return shas
 
     # --- what to write ---------------------------------------------------------------------------------------
 

@@ -84,8 +84,10 @@ class Usage:
         requests: API calls sent, retries included.
         completions: samples received from the server (cached ones not included).
         cache_hits: samples served from the cache.
-        retries: attempts repeated after a retryable error.
+        retries: attempts repeated after a rate limit, timeout, 5xx or connection error.
+        format_retries: attempts repeated after a malformed reply (bad JSON, no choices, a choice without text).
         short_n: replies with fewer samples than ``n`` asked (a server that ignores ``n``), topped up.
+        truncated: completions cut to the runtime's length cap (a server that ignored ``max_tokens``).
         errors: failed attempts, by error kind (``rate_limited``, ``timeout``, ``format``, ...).
         failures: requests given up on (the caller got an exception), by error kind.
         latencies: seconds per successful call.
@@ -100,7 +102,9 @@ class Usage:
     completion_tokens: int = 0
     cache_hits: int = 0
     retries: int = 0
+    format_retries: int = 0
     short_n: int = 0
+    truncated: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     failures: Counter[str] = field(default_factory=Counter)
     latencies: list[float] = field(default_factory=list)
@@ -135,7 +139,9 @@ class Usage:
             "completion_tokens": self.completion_tokens,
             "cache_hits": self.cache_hits,
             "retries": self.retries,
+            "format_retries": self.format_retries,
             "short_n": self.short_n,
+            "truncated": self.truncated,
             "errors": dict(self.errors),
             "failures": dict(self.failures),
             "latency_s": self.latency_percentiles(),
