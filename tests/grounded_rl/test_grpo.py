@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 import grounded_rl.grpo
 from grounded_rl.env import ZoomEnvironment, ZoomRefused, ZoomSession
 from grounded_rl.grpo import GroundedGRPOConfig, ZoomCollapseWatch, build_trainer, load_prompts, run_grpo
-from grounded_rl.rewards import REWARDS, RAW_TEXT, accuracy_reward
+from grounded_rl.rewards import RAW_TEXT, REWARDS, accuracy_reward
 from grounded_rl.training import RUN_FILE, RunOptions
 from trace_forge.errors import ConfigError
 from trace_forge.grounding import Frame, Resize, View, render_answer_turn, render_zoom_turn

@@ -632,7 +632,7 @@ def run_grpo(config: GroundedGRPOConfig, options: RunOptions | None = None) -> P
         trainer = build_trainer(config)
         source = config.data or f"{config.task} ({config.data_dir or 'Hub'}, split {config.split or 'default'})"
         trainer.card = dict(
-            name=out.name, base=config.model, method="GRPO", multi_turn=config.multi_turn,
+            name=out.name, path=config.output_dir, base=config.model, method="GRPO", multi_turn=config.multi_turn,
             datasets=[d for d in (config.data, config.data_dir) if d] or [source],
             settings={"task": config.task or config.data, **{k: settings.get(k) for k in (
                 "learning_rate", "beta", "epsilon", "epsilon_high", "num_generations", "temperature", "top_p",

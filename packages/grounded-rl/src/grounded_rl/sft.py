@@ -213,7 +213,7 @@ def _train(config: GroundedSFTConfig, out: Path, settings: dict[str, Any], check
     )
     multi_turn = "multi" in set(train_set.unique("mode"))
     trainer.card = dict(
-        name=out.name, base=config.model, method="SFT", multi_turn=multi_turn,
+        name=out.name, path=config.output_dir, base=config.model, method="SFT", multi_turn=multi_turn,
         datasets=[d for d in (config.data, config.val_data) if d],
         settings={k: settings.get(k) for k in ("learning_rate", "lr_scheduler_type", "warmup_steps",
                                                "weight_decay", "num_train_epochs", "per_device_train_batch_size",

@@ -741,7 +741,7 @@ def _lineage(model: str) -> str:
 
 
 def model_card(*, name: str, base: str, method: str, multi_turn: bool, datasets: list[str],
-               settings: Mapping[str, Any], command_line: str | None = None) -> str:
+               settings: Mapping[str, Any], path: str | None = None, command_line: str | None = None) -> str:
     """The README.md of a trained model: base model, data, method, how to load it and run it on an image.
 
     Example:
@@ -771,7 +771,7 @@ def model_card(*, name: str, base: str, method: str, multi_turn: bool, datasets:
 
 # {name}
 
-A vision-language model fine-tuned from {_lineage(base)} with {what}, {mode}, using
+A vision-language model trained from {_lineage(base)} by {what}, {mode}, with
 [grounded-rl](https://arxiv.org/abs/2505.23678) on {data}. Every reasoning step names a point `(x, y)` on the
 image; the final answer follows in `<answer> ... </answer>`.
 {zoom}
@@ -780,7 +780,7 @@ image; the final answer follows in `<answer> ... </answer>`.
 ```python
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-path = "{name}"  # this folder, or its Hub id
+path = "{path or name}"  # this folder, or its Hub id
 model = AutoModelForImageTextToText.from_pretrained(path)
 processor = AutoProcessor.from_pretrained(path)
 messages = [{{"role": "user", "content": [
