@@ -341,6 +341,8 @@ def test_a_change_of_trls_private_generate_fails_loudly(monkeypatch) -> None:
     from grounded_rl.grpo import GroundedGRPOTrainer
 
     assert list(inspect.signature(GRPOTrainer._generate).parameters) == ["self", "prompts"]
+    assert list(inspect.signature(GRPOTrainer._calculate_rewards).parameters) == [
+        "self", "inputs", "prompts", "completions", "completion_ids_list"]
     monkeypatch.setattr(GRPOTrainer, "_generate", lambda self, prompts: ([[1]], [[2]], None, [[]], None, {}, None))
     trainer = object.__new__(GroundedGRPOTrainer)
     with pytest.raises(RuntimeError, match=r"GRPOTrainer._generate returned a 7-tuple, not \(prompt_ids, "):

@@ -15,8 +15,10 @@ import grounded_rl.grpo
 import grounded_rl.training
 from grounded_rl.training import (
     RUN_FILE,
+    RunOptions,
     check_extras,
     check_source,
+    claim_output,
     is_hub_id,
     last_checkpoint,
     model_card,
@@ -95,6 +97,16 @@ def test_the_last_complete_checkpoint_is_chosen(tmp_path: Path, caplog: pytest.L
     assert last_checkpoint(tmp_path, remove_incomplete=True) == good
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-10", "checkpoint-5", "checkpoint-x"]
 
+    from grounded_rl.sft import GroundedSFTConfig
+
+    def start(checkpoint: Path) -> str | None:
+        config = GroundedSFTConfig(output_dir=str(tmp_path / "new"), resume_from_checkpoint=str(checkpoint))
+        return claim_output(config.output_dir, "sft", config, run_settings(config), RunOptions())
+
+    with pytest.raises(ConfigError, match="checkpoint-x: not a complete checkpoint"):
+        start(tmp_path / "checkpoint-x")
+    assert start(good) == str(good)  # a copied checkpoint without its run record starts a new folder
+
 
 def test_the_model_card_names_base_data_method_and_lineage(tmp_path: Path) -> None:
     sft = tmp_path / "sft"
@@ -106,3 +118,15 @@ def test_the_model_card_names_base_data_method_and_lineage(tmp_path: Path) -> No
     assert "datasets: [org/vstar-traces]" in card and "base_model:" not in card  # a local base is not a Hub id
     assert "multi-turn (zoom tool)" in card and "grounded-rl eval --multi-turn" in card
     assert 'path = "runs/grpo"' in card and "| beta | 0.01 |" in card
+
+
+def test_the_private_trainer_methods_we_override_keep_their_shape():
+    """TrainerMixin overrides private transformers methods (pinned below transformers 6): a change fails here."""
+    import inspect
+
+    from transformers import Trainer
+
+    assert list(inspect.signature(Trainer._load_from_checkpoint).parameters) == [
+        "self", "resume_from_checkpoint", "model"]
+    assert list(inspect.signature(Trainer._save_checkpoint).parameters) == ["self", "model", "trial"]
+    assert list(inspect.signature(Trainer._get_output_dir).parameters) == ["self", "trial"]

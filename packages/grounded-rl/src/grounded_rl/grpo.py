@@ -54,6 +54,7 @@ from grounded_rl.env import DEFAULT_MAX_IMAGES, ZoomEnvironment
 from grounded_rl.models import Family, family_of, freeze_vision_tower, load_model_and_processor
 from grounded_rl.rewards import DEFAULT_WEIGHTS, RAW_TEXT, assistant_turns, build_rewards
 from grounded_rl.training import (
+    CommonFields,
     RunOptions,
     TrainerMixin,
     check_source,
@@ -108,7 +109,7 @@ PROMPT_FEATURES = Features(
 
 
 @dataclass
-class GroundedGRPOConfig(GRPOConfig):
+class GroundedGRPOConfig(CommonFields, GRPOConfig):
     """[`~trl.GRPOConfig`] with ViGoRL's GRPO recipe (arXiv 2505.23678, Table A2 single-turn, A5.3 multi-turn).
 
     Parameters that control the data:
@@ -123,7 +124,7 @@ class GroundedGRPOConfig(GRPOConfig):
     Changed defaults (paper values): ``learning_rate=1e-6``, ``beta=0.01``, ``epsilon=0.2``,
     ``epsilon_high=0.28``, ``temperature=1.0``, ``top_p=0.99``, ``max_completion_length=2048``,
     ``weight_decay=0.01``, ``warmup_steps=0.05`` (a ratio), ``mask_truncated_completions=True``,
-    ``logging_steps=1``, ``report_to=["tensorboard"]``. Mode-dependent, resolved in ``__post_init__`` when unset:
+    ``logging_steps=1``, ``report_to="tensorboard"``. Mode-dependent, resolved in ``__post_init__`` when unset:
     ``num_generations`` 5 (8 multi-turn), ``max_grad_norm`` 1.0 (0.2 multi-turn), ``per_device_train_batch_size``
     = ``num_generations`` (one question's group per device step), ``max_tool_calling_iterations`` =
     ``max_images - 1`` and ``rewards`` = :data:`~grounded_rl.rewards.DEFAULT_WEIGHTS` of the mode. Hardware, when
@@ -187,17 +188,11 @@ class GroundedGRPOConfig(GRPOConfig):
         default=True, metadata={"help": "Mask rollouts that end without EOS from the loss (A5.3)."}
     )
     logging_steps: float = field(default=1, metadata={"help": "Log every N steps."})
-    report_to: None | str | list[str] = field(default_factory=lambda: ["tensorboard"], metadata={
-        "help": "Where to log: tensorboard, wandb, trackio, mlflow, ... (a comma list), or none."})
     num_generations: int | None = field(default=None, metadata={"help": "Group size: 5, multi-turn 8 (Table A2)."})
     max_grad_norm: float | None = field(default=None, metadata={"help": "Gradient clip: 1.0, multi-turn 0.2."})
     per_device_train_batch_size: int | None = field(
         default=None, metadata={"help": "Rollouts per device step; num_generations when unset."}
     )
-    bf16: bool | None = field(default=None, metadata={
-        "help": "bf16 autocast (weights stay fp32); default: on with a GPU that supports it, off on CPU."})
-    dataloader_pin_memory: bool | None = field(default=None, metadata={
-        "help": "Pin dataloader memory; default: with a GPU."})
 
     def __post_init__(self) -> None:
         prepare_config(self)

@@ -31,6 +31,7 @@ from typing import Any
 from trl import SFTConfig, SFTTrainer
 
 from grounded_rl.training import (
+    CommonFields,
     RunOptions,
     TrainerMixin,
     check_source,
@@ -52,7 +53,7 @@ _LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_
 
 
 @dataclass
-class GroundedSFTConfig(SFTConfig):
+class GroundedSFTConfig(CommonFields, SFTConfig):
     """TRL's ``SFTConfig`` plus the fields of ``grounded-rl sft``, with ViGoRL's SFT defaults (Table A1).
 
     Parameters that control the data and the model (ours):
@@ -102,14 +103,8 @@ class GroundedSFTConfig(SFTConfig):
         "help": "Tokens per sample (Table A1: 8192); longer chats lose whole trailing turns."})
     save_steps: float = field(default=500, metadata={"help": "Optimizer steps between checkpoints."})
     save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept (oldest deleted)."})
-    report_to: None | str | list[str] = field(default="tensorboard", metadata={
-        "help": "Where to log: tensorboard, wandb, trackio, mlflow, ... (a comma list), or none."})
     remove_unused_columns: bool = field(default=False, metadata={
         "help": "Must stay False: the collator reads the metadata columns (steps, image sizes)."})
-    bf16: bool | None = field(default=None, metadata={
-        "help": "bf16 autocast (weights stay fp32); default: on with a GPU that supports it, off on CPU."})
-    dataloader_pin_memory: bool | None = field(default=None, metadata={
-        "help": "Pin dataloader memory; default: with a GPU."})
 
     def __post_init__(self) -> None:
         prepare_config(self)

@@ -47,6 +47,7 @@ from trace_forge.errors import ConfigError, DataError
 
 __all__ = [
     "ALIASES",
+    "CommonFields",
     "PATHS",
     "RUN_FILE",
     "RunOptions",
@@ -188,6 +189,19 @@ def check_extras(*, use_vllm: bool = False, deepspeed: Any = None, report_to: It
             raise ConfigError(f"report_to {name} needs the {modules[0]} package: pip install {modules[0]}")
 
 
+@dataclass
+class CommonFields:
+    """Fields every training config changes the same way; put before TRL's config class in the bases
+    (``class GroundedSFTConfig(CommonFields, SFTConfig)``): a field declared here replaces TRL's in place."""
+
+    report_to: None | str | list[str] = dataclasses.field(default="tensorboard", metadata={
+        "help": "Where to log: tensorboard, wandb, trackio, mlflow, ... (a comma list), or none."})
+    bf16: bool | None = dataclasses.field(default=None, metadata={
+        "help": "bf16 autocast (weights stay fp32); default: on with a GPU that supports it, off on CPU."})
+    dataloader_pin_memory: bool | None = dataclasses.field(default=None, metadata={
+        "help": "Pin dataloader memory; default: with a GPU."})
+
+
 def prepare_config(config: Any) -> None:
     """What every training config does first in ``__post_init__`` (before TRL's): require ``output_dir``, split a
     comma list of reporters (``--report_to tensorboard,wandb``), check extras, fill hardware defaults.
@@ -224,7 +238,6 @@ class RunOptions:
 
     resume: bool = False
     overwrite: bool = False
-    config_file: str | None = None
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -237,7 +250,7 @@ def _key_names(config_cls: type) -> dict[str, str]:
     return names
 
 
-def normalize(config_cls: type, values: Mapping[str, Any], *, base: Path | None, where: str) -> dict[str, Any]:
+def _normalize(config_cls: type, values: Mapping[str, Any], *, base: Path | None, where: str) -> dict[str, Any]:
     """Settings from a file or a mapping: keys to field names (dashes, aliases), paths resolved against ``base``.
 
     Raises:
@@ -361,17 +374,17 @@ def parse_command_line(
         path = Path(known.config)
         values = _read_yaml(path)
         _apply_env(values, str(path))
-        parser.set_defaults_with_config(**normalize(config_cls, values, base=path.resolve().parent, where=str(path)))
+        parser.set_defaults_with_config(**_normalize(config_cls, values, base=path.resolve().parent, where=str(path)))
     config, extras = _build(parser, argv)
     options = {k: v for k, v in vars(extras).items() if k not in ("config", "resume", "overwrite")}
-    return config, RunOptions(extras.resume, extras.overwrite, known.config, options)
+    return config, RunOptions(extras.resume, extras.overwrite, options)
 
 
 def config_from_mapping(config_cls: type, values: Mapping[str, Any], *, base: Path | None, where: str) -> Any:
     """A config from a mapping (a section of a pipeline YAML file), read exactly as :func:`parse_command_line`
     reads a ``--config`` file: same names, same conversions, same checks."""
     parser = _parser(config_cls, where)
-    parser.set_defaults_with_config(**normalize(config_cls, values, base=base, where=where))
+    parser.set_defaults_with_config(**_normalize(config_cls, values, base=base, where=where))
     config, _ = _build(parser, [])
     return config
 
@@ -561,6 +574,9 @@ def _decide(out: Path, command: str, settings: dict[str, Any], options: RunOptio
         _clear(out)
         return checkpoint
     if checkpoint is not None:  # an explicit checkpoint (resume_from_checkpoint): into a new or the same run
+        if not _is_complete(Path(checkpoint)):
+            raise ConfigError(f"resume_from_checkpoint {checkpoint}: not a complete checkpoint (its trainer state or "
+                              "weights are missing)")
         if occupied and record is not None and not options.resume:
             raise ConfigError(f"{out} holds a {record.get('command')} run; add --resume to continue it from "
                               f"{checkpoint}, or choose another output folder")
