@@ -24,10 +24,17 @@ Per seed (model weights, images and sampling all follow the seed):
    The blind policy cannot see where the square is, so what GRPO can learn here is mostly to pull its points
    towards the centre (accuracy 0.37 -> at most about 0.56); reading the image is beyond this model in minutes.
 
-It prints the SFT loss at the first and last logged step, and the GRPO mean reward and each component over the
-first and last ``--window`` steps, with their difference. Nothing is asserted (CPU results vary with the machine).
-Stages run through the real pipeline (:func:`grounded_rl.train.run_pipeline`), so a rerun reuses finished stages in
-``--out``: delete it to start over.
+4. the control arm: the same GRPO run from the same SFT model, same seed, same prompts in the same order, with
+   ``learning_rate=0`` (no update: the weights never move). Its reward still drifts between the first and the last
+   steps, because later prompts may be easier or harder and sampling is noisy; only the GRPO arm's change beyond
+   the control's is learning (a run at lr 1e-12 once drifted +0.019 reward, a third of the gain it was read as).
+
+It prints the SFT loss at the first and last logged step, and for both arms the GRPO mean reward and each
+component over the first and last ``--window`` steps, with their difference; the last line is
+``RESULT grpo_gain=... control_gain=... net_gain=...`` (mean reward, last window minus first, averaged over seeds;
+net = GRPO minus control). Nothing is asserted (CPU results vary with the machine). Stages run through the real
+pipeline (:func:`grounded_rl.train.run_pipeline`) and :func:`grounded_rl.grpo.run_grpo`, so a rerun with the same
+arguments reuses finished stages in ``--out``; delete it to start over.
 """
 
 from __future__ import annotations
@@ -36,7 +43,6 @@ import argparse
 import io
 import json
 import logging
-import os
 import random
 import statistics
 from dataclasses import replace
@@ -44,7 +50,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from grounded_rl.grpo import GroundedGRPOConfig, run_grpo
 from grounded_rl.train import PipelineConfig, run_pipeline
+from grounded_rl.training import RUN_FILE, RunOptions, config_from_mapping, read_run
 from trace_forge.card import Provenance
 from trace_forge.dataset import PIXEL_VIEW, TraceRow, write_rows
 from trace_forge.grounding import Step, format_point
@@ -124,32 +132,42 @@ def make_data(folder: Path, seed: int, n_sft: int, n_grpo: int) -> tuple[Path, P
     return folder / "traces", grpo_questions
 
 
+def grpo_settings(grpo_questions: Path, seed: int, args: argparse.Namespace) -> dict:
+    """The GRPO arm's settings (the control arm changes only the learning rate)."""
+    return {"task": "generic", "task_options": COLUMNS, "data_dir": str(grpo_questions),
+            "num_generations": args.generations, "per_device_train_batch_size": args.generations * args.prompts_per_step,
+            "max_steps": args.steps, "max_completion_length": 64, "learning_rate": args.lr, "beta": args.beta,
+            "warmup_steps": 0.0, "rewards": {"format": 0.5, "accuracy": 0.5, "grounding": 0.0},
+            "report_to": "none", "save_strategy": "no", "logging_steps": 1, "seed": seed}
+
+
 def pipeline(out: Path, seed: int, args: argparse.Namespace) -> PipelineConfig:
     traces, grpo_questions = make_data(out / "data", seed, args.sft_images, args.steps * args.prompts_per_step)
     return PipelineConfig(
         out=str(out),
         tiny_model={"family": args.family, "seed": seed},
         data=str(traces),
-        sft={"max_steps": args.sft_steps, "lr": args.sft_lr, "batch_size": 4, "grad_accum": 1, "max_length": 1024,
-             "gradient_checkpointing": False, "logging_steps": 10, "report_to": "none", "seed": seed},
-        grpo={"task": "generic", "task_options": COLUMNS, "data_dir": str(grpo_questions),
-              "num_generations": args.generations, "per_device_train_batch_size": args.generations * args.prompts_per_step,
-              "max_steps": args.steps, "max_completion_length": 64, "learning_rate": args.lr, "beta": args.beta,
-              "warmup_steps": 0.0, "rewards": {"format": 0.5, "accuracy": 0.5, "grounding": 0.0},
-              "use_cpu": True, "report_to": [], "save_strategy": "steps", "save_steps": args.steps,
-              "logging_steps": 1, "seed": seed},
+        sft={"max_steps": args.sft_steps, "learning_rate": args.sft_lr, "per_device_train_batch_size": 4,
+             "gradient_accumulation_steps": 1, "max_length": 1024, "gradient_checkpointing": False,
+             "logging_steps": 10, "report_to": "none", "seed": seed},
+        grpo=grpo_settings(grpo_questions, seed, args),
     )
 
 
-def sft_losses(sft_dir: Path) -> list[float]:
-    record = json.loads((sft_dir / "grounded_rl_sft.json").read_text())
-    return [entry["loss"] for entry in record["log_history"] if "loss" in entry]
+def control(out: Path, config: PipelineConfig) -> Path:
+    """The no-update arm: the GRPO run of ``config`` from its SFT model with learning rate 0."""
+    folder = out / "control"
+    if (read_run(folder) or {}).get("finished"):
+        return folder
+    settings = {**config.grpo, "learning_rate": 0.0, "model": str(out / "sft"), "output_dir": str(folder)}
+    grpo = config_from_mapping(GroundedGRPOConfig, settings, base=None, where="control")
+    run_grpo(grpo, RunOptions(resume=read_run(folder) is not None, overwrite=True))  # a crashed control continues
+    return folder
 
 
-def grpo_logs(grpo_dir: Path, steps: int) -> list[dict[str, float]]:
-    """The logged metrics of every GRPO step, from the last checkpoint's trainer state."""
-    state = json.loads((grpo_dir / f"checkpoint-{steps}" / "trainer_state.json").read_text())
-    return [entry for entry in state["log_history"] if "reward" in entry]
+def logged(folder: Path, key: str = "loss") -> list[dict]:
+    """The log lines holding ``key`` of the run in ``folder`` (its run record)."""
+    return [entry for entry in json.loads((folder / RUN_FILE).read_text())["log_history"] if key in entry]
 
 
 def main() -> None:
@@ -168,24 +186,33 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=10, help="GRPO steps averaged at the start and at the end.")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench-grpo-learning")
     args = parser.parse_args()
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     logging.basicConfig(level=logging.WARNING)
 
     table = []
+    gains: dict[str, list[float]] = {"grpo": [], "control": []}
     for seed in args.seeds:
         out = args.out / f"seed{seed}"
-        run_pipeline(pipeline(out, seed, args))
-        losses = sft_losses(out / "sft")
+        config = pipeline(out, seed, args)
+        run_pipeline(config)
+        arms = {"grpo": out / "grpo", "control": control(out, config)}
+        losses = [e["loss"] for e in logged(out / "sft")]
         table.append((seed, "sft loss (first/last log)", losses[0], losses[-1]))
-        logs = grpo_logs(out / "grpo", args.steps)
-        for label, key in COMPONENTS.items():
-            values = [e[key] for e in logs if e.get(key) is not None]
-            first, last = values[: args.window], values[-args.window :]
-            table.append((seed, f"grpo {label}", statistics.mean(first), statistics.mean(last)))
+        for arm, folder in arms.items():
+            logs = logged(folder, "reward")
+            for label, key in COMPONENTS.items():
+                values = [e[key] for e in logs if e.get(key) is not None]
+                if not values:
+                    continue
+                first, last = statistics.mean(values[: args.window]), statistics.mean(values[-args.window:])
+                table.append((seed, f"{arm} {label}", first, last))
+                if label == "reward":
+                    gains[arm].append(last - first)
 
-    print(f"\n{'seed':>4}  {'metric':<26} {'first':>8} {'last':>8} {'diff':>8}")
+    print(f"\n{'seed':>4}  {'metric':<28} {'first':>8} {'last':>8} {'diff':>8}")
     for seed, label, first, last in table:
-        print(f"{seed:>4}  {label:<26} {first:8.3f} {last:8.3f} {last - first:+8.3f}")
+        print(f"{seed:>4}  {label:<28} {first:8.3f} {last:8.3f} {last - first:+8.3f}")
+    grpo, ctrl = statistics.mean(gains["grpo"]), statistics.mean(gains["control"])
+    print(f"RESULT grpo_gain={grpo:+.3f} control_gain={ctrl:+.3f} net_gain={grpo - ctrl:+.3f} seeds={len(args.seeds)}")
 
 
 if __name__ == "__main__":

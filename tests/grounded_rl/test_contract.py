@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from grounded_rl.env import ZoomEnvironment, ZoomSession
 from grounded_rl.eval import EvalConfig, Student
-from grounded_rl.grpo import prompt_rows
+from grounded_rl.grpo import prompt_dataset, prompt_rows
 from grounded_rl.models import Family
 from grounded_rl.templates import chat_template
 from tests.grounded_rl.test_models import _resized_image
@@ -107,7 +107,7 @@ def test_one_dialog_is_the_same_tokens_in_sft_grpo_and_eval(datasets, tiny_qwen2
     # GRPO: the prompt row of the question, then the rollout as TRL's tool loop builds it: each zoom call answered
     # by the zoom environment's reply in a "tool" message.
     sample = replace(trace.sample, images=[canvas])
-    prompt = {k: v[0] for k, v in prompt_rows([sample], trace.task, view.resize, Family.QWEN2_5_VL, True).items()}
+    prompt = prompt_dataset(prompt_rows([sample], trace.task, view.resize, Family.QWEN2_5_VL, True))[0]
     env = ZoomEnvironment(view)
     env.reset(**{k: v for k, v in prompt.items() if k != "prompt"})
     grpo = prepare_multimodal_messages(prompt["prompt"], [prompt["image"]])

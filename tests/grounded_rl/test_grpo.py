@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image, ImageDraw
+from safetensors.torch import load_file
 
+import grounded_rl.grpo
 from grounded_rl.env import ZoomEnvironment, ZoomRefused, ZoomSession
-from grounded_rl.grpo import GroundedGRPOConfig, build_trainer, load_prompts, run_grpo
-from grounded_rl.rewards import RAW_TEXT, accuracy_reward
+from grounded_rl.grpo import GroundedGRPOConfig, ZoomCollapseWatch, build_trainer, load_prompts, run_grpo
+from grounded_rl.rewards import RAW_TEXT, REWARDS, accuracy_reward
+from grounded_rl.training import RUN_FILE, RunOptions
 from trace_forge.errors import ConfigError
 from trace_forge.grounding import Frame, Resize, View, render_answer_turn, render_zoom_turn
 from trace_forge.tasks import get_task
@@ -47,30 +52,39 @@ def squares(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def config(model: Path, data: Path, out: Path, **overrides) -> GroundedGRPOConfig:
     base = dict(
         model=str(model), task="generic", task_options=TASK_OPTIONS, data_dir=str(data), output_dir=str(out),
-        num_generations=2, max_steps=2, max_completion_length=40, learning_rate=1e-3, use_cpu=True, report_to=[],
+        num_generations=2, max_steps=2, max_completion_length=40, learning_rate=1e-3, report_to=[],
         save_strategy="no", seed=0, shuffle_dataset=False,
     )
     return GroundedGRPOConfig(**{**base, **overrides})
 
 
 def test_config_resolves_the_paper_defaults_per_mode(tmp_path: Path) -> None:
-    single = GroundedGRPOConfig(output_dir=str(tmp_path), task="vstar", use_cpu=True, report_to=[])
+    single = GroundedGRPOConfig(output_dir=str(tmp_path), task="vstar", report_to=[])
+    assert single.bf16 is False and single.dataloader_pin_memory is False  # this machine has no GPU: fp32
     assert (single.num_generations, single.max_grad_norm, single.per_device_train_batch_size) == (5, 1.0, 5)
     assert (single.learning_rate, single.beta, single.epsilon, single.epsilon_high) == (1e-6, 0.01, 0.2, 0.28)
     assert (single.temperature, single.top_p, single.max_completion_length) == (1.0, 0.99, 2048)
     assert single.rewards == {"format": 0.5, "accuracy": 0.5, "grounding": 0.0} and single.mask_truncated_completions
-    multi = GroundedGRPOConfig(output_dir=str(tmp_path), task="vstar", multi_turn=True, use_cpu=True, report_to=[])
+    multi = GroundedGRPOConfig(output_dir=str(tmp_path), task="vstar", multi_turn=True, report_to=[])
     assert (multi.num_generations, multi.max_grad_norm, multi.max_tool_calling_iterations) == (8, 0.2, 4)
     assert multi.rewards["accuracy"] == 0.6 and multi.rewards["zoom_diversity"] == 0.4
 
 
-def test_single_turn_grpo_runs_and_saves(tiny_qwen2_5_vl_dir: Path, squares: Path, tmp_path: Path) -> None:
-    out = run_grpo(config(tiny_qwen2_5_vl_dir, squares, tmp_path / "grpo"))
+def test_single_turn_grpo_runs_and_saves_fp32_quietly(
+    tiny_qwen2_5_vl_dir: Path, squares: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        out = run_grpo(config(tiny_qwen2_5_vl_dir, squares, tmp_path / "grpo", report_to=["tensorboard"]))
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []  # no spurious warning
     assert (out / "model.safetensors").is_file() and (out / "chat_template.jinja").is_file()
-    run = json.loads((out / "grpo_run.json").read_text())
-    assert run["config"]["rewards"] == {"format": 0.5, "accuracy": 0.5, "grounding": 0.0}
+    assert {t.dtype for t in load_file(str(out / "model.safetensors")).values()} == {torch.float32}
+    run = json.loads((out / RUN_FILE).read_text())
+    assert run["command"] == "grpo" and run["settings"]["rewards"] == {"format": 0.5, "accuracy": 0.5,
+                                                                       "grounding": 0.0}
     assert run["config"]["reward_weights"] == [0.5, 0.5, 0.0]
-    assert run["config"]["num_generations"] == 2 and run["git_commit"]
+    assert run["settings"]["num_generations"] == 2 and run["git_commit"] and run["finished"]
+    card = (out / "README.md").read_text()
+    assert "GRPO" in card and "single-turn" in card and str(tiny_qwen2_5_vl_dir) in card and str(squares) in card
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -184,6 +198,9 @@ def test_multi_turn_grpo_calls_the_zoom_tool(multi_run: dict) -> None:
     logs = multi_run["logs"]
     assert len(logs) == 2
     assert [e["tools/call_frequency"] for e in logs] == [1.0, 1.0]  # one zoom per rollout (limit: 2 images)
+    assert [e["tools/zoom_rate"] for e in logs] == [1.0, 1.0]  # every rollout zoomed
+    # The scripted points (30, 30), (120, 60), (60, 60) lie on the 224 x 168 image; the tiny processor keeps it.
+    assert [e["grounding/points_inside_rate"] for e in logs] == [1.0, 1.0]
     assert [e["tools/failure_frequency"] for e in logs] == [0.0, 0.0]
     assert len(multi_run["crops"]) == 4  # 2 prompts x 2 generations, one crop each
     assert all(c.size == (672, 672) for c in multi_run["crops"])  # the task's zoom spec (V*-style crop)
@@ -276,7 +293,7 @@ def trace_prompts(model: Path, traces: Path):
     from grounded_rl.models import Family, install_templates
 
     processor = install_templates(AutoProcessor.from_pretrained(model), Family.QWEN2_5_VL)
-    cfg = GroundedGRPOConfig(output_dir=str(traces.parent), data=str(traces), use_cpu=True, report_to=[])
+    cfg = GroundedGRPOConfig(output_dir=str(traces.parent), data=str(traces), report_to=[])
     return load_prompts(cfg, processor, Family.QWEN2_5_VL)
 
 
@@ -292,7 +309,7 @@ def test_prompts_from_a_trace_dataset_carry_its_questions(tiny_qwen2_5_vl_dir: P
     prompts = trace_prompts(tiny_qwen2_5_vl_dir, tmp_path / "traces")
     assert prompts["question_id"] == [s.id for s in samples]
     assert prompts["options"] == [s.options for s in samples] and prompts["answer"] == [s.answer for s in samples]
-    assert [list(img.size) for img in prompts["image"]] == [list(s.canvas().size) for s in samples]
+    assert [list(img.size) for img in prompts[:]["image"]] == [list(s.canvas().size) for s in samples]
     assert prompts["task"] == ["vstar", "vstar"] and prompts["task_options"] == ["{}", "{}"]
 
 
@@ -306,7 +323,7 @@ def test_a_generic_task_keeps_its_options_through_prompts_rewards_and_the_zoom_t
     linearize_run(run, tmp_path / "traces", "single", val_fraction=0)
     prompts = trace_prompts(tiny_qwen2_5_vl_dir, tmp_path / "traces")
     assert prompts["task_options"] == [json.dumps(GENERIC_OPTIONS, sort_keys=True)]
-    columns = {name: list(prompts[name]) for name in prompts.column_names if name not in ("prompt", "image")}
+    columns = {name: list(prompts[name]) for name in prompts.column_names if name not in ("prompt", "image_sources")}
     right, wrong = f"<answer> {sample.answer} </answer>", "<answer> purple </answer>"
     assert accuracy_reward([right, wrong], **{k: v * 2 for k, v in columns.items()}) == [1.0, 0.0]
     env = ZoomEnvironment(View(Frame.MODEL, Resize()))
@@ -324,7 +341,89 @@ def test_a_change_of_trls_private_generate_fails_loudly(monkeypatch) -> None:
     from grounded_rl.grpo import GroundedGRPOTrainer
 
     assert list(inspect.signature(GRPOTrainer._generate).parameters) == ["self", "prompts"]
+    assert list(inspect.signature(GRPOTrainer._calculate_rewards).parameters) == [
+        "self", "inputs", "prompts", "completions", "completion_ids_list"]
     monkeypatch.setattr(GRPOTrainer, "_generate", lambda self, prompts: ([[1]], [[2]], None, [[]], None, {}, None))
     trainer = object.__new__(GroundedGRPOTrainer)
     with pytest.raises(RuntimeError, match=r"GRPOTrainer._generate returned a 7-tuple, not \(prompt_ids, "):
         trainer._generate([])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Resume, lazy images, the tool-use watch
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def length_reward(completions: list, **kwargs) -> list[float]:
+    """A reward that differs between the rollouts of a random model, so every GRPO step moves the weights."""
+    return [len(c if isinstance(c, str) else c[0]["content"]) / 40 for c in completions]
+
+
+def test_grpo_resumed_from_a_copy_of_checkpoint_3_ends_with_the_weights_of_the_uninterrupted_run(
+    tiny_qwen2_5_vl_dir: Path, squares: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(REWARDS, "length", lambda **_: length_reward)
+    settings = dict(max_steps=6, save_strategy="steps", save_steps=3, rewards={"length": 1.0, "format": 0.0},
+                    max_completion_length=12, temperature=1.0, learning_rate=5e-3, beta=0.04)
+    run_grpo(config(tiny_qwen2_5_vl_dir, squares, tmp_path / "a", **settings))
+    shutil.copytree(tmp_path / "a" / "checkpoint-3", tmp_path / "copy" / "checkpoint-3")
+    run_grpo(config(tiny_qwen2_5_vl_dir, squares, tmp_path / "b", **settings,
+                    resume_from_checkpoint=str(tmp_path / "copy" / "checkpoint-3")))
+
+    want, got = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
+    base = load_file(str(tiny_qwen2_5_vl_dir / "model.safetensors"))
+    assert any(not torch.equal(base[k], want[k]) for k in want if "visual.merger." in k)  # the projector trained
+    assert want.keys() == got.keys() and max((want[k] - got[k]).abs().max().item() for k in want) <= 1e-5
+    resumed = json.loads((tmp_path / "b" / RUN_FILE).read_text())
+    assert resumed["resumed_from"].endswith("copy/checkpoint-3") and resumed["global_step"] == 6
+
+    # A copied checkpoint is resumed only with its run's settings.
+    with pytest.raises(ConfigError, match=r"checkpoint-3 was trained with other settings: beta \(0.04 then, 0.1 now"):
+        run_grpo(config(tiny_qwen2_5_vl_dir, squares, tmp_path / "c", **{**settings, "beta": 0.1},
+                        resume_from_checkpoint=str(tmp_path / "copy" / "checkpoint-3")))
+    # And a folder holding a run is not trained into again without --resume or --overwrite.
+    with pytest.raises(ConfigError, match="holds a grpo run of .*add --resume"):
+        run_grpo(config(tiny_qwen2_5_vl_dir, squares, tmp_path / "a", **settings))
+    with pytest.raises(ConfigError, match=r"--resume: .* holds a grpo run .*, not a sft run"):
+        from grounded_rl.training import claim_output
+
+        claim_output(tmp_path / "a", "sft", config(tiny_qwen2_5_vl_dir, squares, tmp_path / "a"), {},
+                     RunOptions(resume=True))
+
+
+def test_prompts_keep_image_references_and_decode_each_canvas_once_per_group(
+    tiny_qwen2_5_vl_dir: Path, squares: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transformers import AutoProcessor
+
+    from grounded_rl.models import Family, install_templates
+
+    decoded = []
+    real = grounded_rl.grpo.compose_canvas
+    monkeypatch.setattr(grounded_rl.grpo, "compose_canvas", lambda images: decoded.append(images) or real(images))
+    processor = install_templates(AutoProcessor.from_pretrained(tiny_qwen2_5_vl_dir), Family.QWEN2_5_VL)
+    prompts = load_prompts(config(tiny_qwen2_5_vl_dir, squares, tmp_path), processor, Family.QWEN2_5_VL)
+    assert decoded == []  # loading read image headers only
+    stored = prompts.with_format(None)  # the rows as stored
+    assert list(stored["image_sources"]) == [[{"path": str(squares / f"{i}.png"), "bytes": None}] for i in range(2)]
+    assert list(stored["image_size"]) == [[224, 168], [224, 168]]
+
+    group = prompts.__getitems__([0, 0, 1, 1])  # how TRL's sampler fetches two groups of two rollouts
+    assert len(decoded) == 2 and group[0]["image"] is group[1]["image"]
+    assert group[0]["image"].getpixel((60, 60)) == (255, 0, 0) and group[2]["image"].getpixel((60, 60)) != (255, 0, 0)
+    prompts.__getitems__([1, 0])  # the groups of the batch before are kept for a group that straddles batches
+    assert len(decoded) == 2
+
+
+def test_the_collapse_watch_warns_when_rollouts_stop_zooming(caplog: pytest.LogCaptureFixture) -> None:
+    from transformers import TrainerState
+
+    watch, state = ZoomCollapseWatch(floor=0.1, patience=3), TrainerState()
+    with caplog.at_level(logging.WARNING, logger="grounded_rl.grpo"):
+        for step, rate in enumerate([0.5, 0.05, 0.0, 0.2, 0.0, 0.05, 0.02, 0.0, 0.0, 0.0], start=1):
+            state.global_step = step
+            watch.on_log(None, state, None, logs={"tools/zoom_rate": rate, "loss": 0.0})
+            watch.on_log(None, state, None, logs={"loss": 0.0})  # a log without the rate changes nothing
+    warnings = [r.getMessage() for r in caplog.records]
+    assert [w.split(":")[0] for w in warnings] == ["step 7", "step 10"]  # 3 and 6 low steps in a row
+    assert "only 2% of rollouts zoomed, under zoom_rate_floor=10% for 3 steps: tool use is collapsing" in warnings[0]

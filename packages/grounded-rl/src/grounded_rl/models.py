@@ -20,6 +20,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from trace_forge.errors import ConfigError
 from trace_forge.grounding import MODEL_TYPE_FRAMES, Frame, ImageGeometry, Point, Resize, Trajectory
 
 if TYPE_CHECKING:
@@ -175,15 +176,22 @@ def load_model_and_processor(
 
     Raises:
         ValueError: if the model is not of a supported family.
+        ConfigError: a local path that is no checkpoint (no Hub lookup for it), or a model that cannot be loaded.
     """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    from grounded_rl.training import check_source
+
+    check_source(str(path), "model", model=True)
     kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": trust_remote_code}
     if dtype is not None:
         kwargs["dtype"] = dtype
-    model = AutoModelForImageTextToText.from_pretrained(str(path), **kwargs)
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(str(path), **kwargs)
+        processor = AutoProcessor.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except OSError as e:  # not found on the Hub, offline, no safetensors weights: transformers' message says which
+        raise ConfigError(f"cannot load model {path}: {' '.join(str(e).split())}") from e
     family = family_of(model.config)
-    processor = AutoProcessor.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     if use_our_templates:
         install_templates(processor, family)
     logger.info("loaded %s (%s) from %s", type(model).__name__, family.value, path)

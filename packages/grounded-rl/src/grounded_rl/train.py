@@ -3,9 +3,8 @@
     grounded-rl train --config data/configs/demo.yaml          # tiny model, sim teacher, CPU, a few minutes
     grounded-rl train --config data/configs/vigorl_3b_single.yaml
 
-Every stage writes into ``OUT/<stage>/`` and finishes by writing ``OUT/<stage>/DONE`` (JSON: what ran, when). A
-stage whose ``DONE`` exists is skipped, so a rerun after a crash resumes at the first unfinished stage (SFT and GRPO
-also resume from their own trainer checkpoints). Stages:
+Every stage writes into ``OUT/<stage>/`` and finishes by writing ``OUT/<stage>/DONE`` (JSON: the stage's settings
+and how long it took). Stages:
 
 - ``base``: make the random tiny model (only when the config has ``tiny_model``; else ``model`` is the base);
 - ``traces``: ``trace-forge search`` with the configured teacher, then ``trace-forge linearize`` for multi-turn
@@ -14,22 +13,39 @@ also resume from their own trainer checkpoints). Stages:
 - ``grpo``: :func:`grounded_rl.grpo.run_grpo` from the SFT checkpoint;
 - ``eval``: :func:`grounded_rl.eval.evaluate` of the GRPO checkpoint (only when the config has ``eval``).
 
-The YAML keys ``sft``, ``grpo`` and ``eval`` hold the fields of :class:`~grounded_rl.sft.SFTArgs`,
-:class:`~grounded_rl.grpo.GroundedGRPOConfig` and :class:`~grounded_rl.eval.EvalConfig`; the pipeline fills in
-the model and data paths that link the stages. A config whose GRPO questions are its evaluation questions (same
-task, data folder and split) is refused unless it sets ``allow_eval_overlap: true``.
+A rerun skips the stages that are done with the same settings and resumes the first unfinished one (SFT and GRPO
+from their last complete checkpoint). A stage done, or started, with other settings is refused unless
+``overwrite``, which redoes it and every stage after it.
+
+The YAML keys ``sft``, ``grpo`` and ``eval`` hold the settings of :class:`~grounded_rl.sft.GroundedSFTConfig`,
+:class:`~grounded_rl.grpo.GroundedGRPOConfig` (TRL's names, as in ``grounded-rl sft --config``) and
+:class:`~grounded_rl.eval.EvalConfig`; the pipeline fills in the model and data paths that link the stages. Paths are
+relative to the YAML file. A config whose GRPO questions are its evaluation questions (same task, data folder and
+split) is refused unless it sets ``allow_eval_overlap: true``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from grounded_rl.training import (
+    ALIASES,
+    LOCAL,
+    PATHS,
+    SOURCE,
+    RunOptions,
+    read_run,
+    resolve_path,
+    run_settings,
+)
 from trace_forge.errors import ConfigError
 
 __all__ = ["PipelineConfig", "DONE", "run_pipeline"]
@@ -54,8 +70,8 @@ class PipelineConfig:
                           "trace-forge search flags]}."},
     )
     data: str | None = field(default=None, metadata={"help": "An existing trace dataset (unless traces mines one)."})
-    sft: dict[str, Any] = field(default_factory=dict, metadata={"help": "SFTArgs fields."})
-    grpo: dict[str, Any] = field(default_factory=dict, metadata={"help": "GroundedGRPOConfig fields."})
+    sft: dict[str, Any] = field(default_factory=dict, metadata={"help": "GroundedSFTConfig settings."})
+    grpo: dict[str, Any] = field(default_factory=dict, metadata={"help": "GroundedGRPOConfig settings."})
     eval: dict[str, Any] | None = field(default=None, metadata={"help": "EvalConfig fields; no eval stage if unset."})
     allow_eval_overlap: bool = field(
         default=False, metadata={"help": "Allow GRPO on the evaluation questions (demos on the bundled samples)."}
@@ -79,19 +95,42 @@ class PipelineConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> PipelineConfig:
-        """Read a config file; unknown top-level keys are an error naming the known ones."""
+        """Read a config file; paths are relative to it. Unknown top-level keys are an error naming the known ones."""
         import yaml
 
-        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        path = Path(path)
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known) if isinstance(values, dict) else ["<not a mapping>"]
         if unknown:
             raise ConfigError(f"{path}: unknown keys {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        return cls(**_resolved(values, path.resolve().parent))
 
     @property
     def multi_turn(self) -> bool:
         return bool(self.grpo.get("multi_turn", False))
+
+
+def _resolved(values: dict[str, Any], base: Path) -> dict[str, Any]:
+    """The file's values with every relative path made relative to ``base`` (the file's folder)."""
+    def section(stage: Mapping[str, Any] | None) -> Any:
+        if stage is None:
+            return None
+        names = {alias: name for name, aliases in ALIASES.items() for alias in aliases}
+        out = {}
+        for key, value in stage.items():
+            name = names.get(str(key).replace("-", "_"), str(key).replace("-", "_"))
+            out[key] = resolve_path(value, PATHS[name], base) if name in PATHS else value
+        return out
+
+    resolved = dict(values)
+    resolved["out"] = resolve_path(values.get("out"), LOCAL, base)
+    for key in ("model", "data"):
+        resolved[key] = resolve_path(values.get(key), SOURCE, base)
+    for key in ("traces", "sft", "grpo", "eval"):
+        if key in values:
+            resolved[key] = section(values[key])
+    return {k: v for k, v in resolved.items() if k in values}
 
 
 def _questions(stage: dict[str, Any]) -> tuple[str, str | None, str] | None:
@@ -113,20 +152,61 @@ StageNote = Callable[[str, str, Path], None]
 """Told ``(stage, "skipped" | "running" | "done", its folder)`` as the pipeline goes (the CLI prints it)."""
 
 
-def _stage(out: Path, name: str, run: Callable[[Path], Any], note: StageNote) -> Path:
-    """Run one stage into ``out/name`` unless its ``DONE`` marker exists; write the marker last."""
-    stage_dir = out / name
-    marker = stage_dir / DONE
-    if marker.is_file():
-        note(name, "skipped", stage_dir)
+class _Stages:
+    """Runs stages in order into ``out/<name>``, each at most once per settings; see the module docstring."""
+
+    def __init__(self, out: Path, overwrite: bool, note: StageNote) -> None:
+        self.out = out
+        self.overwrite = overwrite
+        self.note = note
+        self.main = int(os.environ.get("RANK", "0")) == 0
+        self.ran = False  # a stage ran: every later stage works on new inputs
+
+    def run(self, name: str, settings: Any, work: Callable[[Path, RunOptions], Any], *, all_processes: bool = False
+            ) -> Path:
+        """Run ``work(stage_dir, options)`` unless the stage is done with ``settings``; write ``DONE`` last.
+
+        Args:
+            all_processes: the stage is a training command (every process of a launch takes part); other stages
+                run on the main process while the others wait.
+        """
+        stage_dir = self.out / name
+        marker = stage_dir / DONE
+        settings = json.loads(json.dumps(settings, default=str))
+        if marker.is_file():
+            done = json.loads(marker.read_text(encoding="utf-8"))
+            if done.get("settings") == settings and not self.ran:
+                self.note(name, "skipped", stage_dir)
+                return stage_dir
+            why = "an earlier stage ran again" if done.get("settings") == settings else "other settings"
+            if not self.overwrite:
+                raise ConfigError(f"stage {name} ({stage_dir}) was done with {why}; --overwrite redoes it and the "
+                                  "stages after it, or choose another out")
+            if self.main:
+                shutil.rmtree(stage_dir)
+            self._barrier()
+        self.note(name, "running", stage_dir)
+        start = time.time()
+        # A stage folder holding a run continues it (same settings, checked by the command) or, with overwrite,
+        # replaces it.
+        options = RunOptions(resume=read_run(stage_dir) is not None, overwrite=self.overwrite)
+        if all_processes or self.main:
+            stage_dir.mkdir(parents=True, exist_ok=True)
+            work(stage_dir, options)
+        self._barrier()
+        if self.main:
+            marker.write_text(json.dumps({"stage": name, "seconds": round(time.time() - start, 1),
+                                          "settings": settings}) + "\n", encoding="utf-8")
+        self.ran = True
+        self.note(name, "done", stage_dir)
         return stage_dir
-    note(name, "running", stage_dir)
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    start = time.time()
-    run(stage_dir)
-    marker.write_text(json.dumps({"stage": name, "seconds": round(time.time() - start, 1)}) + "\n", encoding="utf-8")
-    note(name, "done", stage_dir)
-    return stage_dir
+
+    @staticmethod
+    def _barrier() -> None:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from accelerate import PartialState
+
+            PartialState().wait_for_everyone()
 
 
 def _trace_forge(*argv: str) -> None:
@@ -138,70 +218,83 @@ def _trace_forge(*argv: str) -> None:
     typer.main.get_command(app).main(args=list(argv), prog_name="trace-forge", standalone_mode=False)
 
 
-def run_pipeline(config: PipelineConfig, on_stage: StageNote | None = None) -> dict[str, Path]:
-    """Run every stage of ``config`` in order, skipping finished ones.
+def run_pipeline(
+    config: PipelineConfig, on_stage: StageNote | None = None, *, overwrite: bool = False
+) -> dict[str, Path]:
+    """Run every stage of ``config`` in order, skipping those done with the same settings.
 
     Args:
         config: the pipeline.
-        on_stage: told when a stage is skipped (its ``DONE`` exists), starts and finishes; default: logged.
+        on_stage: told when a stage is skipped (done with the same settings), starts and finishes; default: logged.
+        overwrite: redo a stage whose folder holds other settings, and every stage after it.
 
     Returns:
         ``{stage: output directory}`` of the stages that are part of this config.
+
+    Raises:
+        ConfigError: a stage's settings are invalid (checked before any stage runs), or a stage folder holds other
+            settings and ``overwrite`` is off.
     """
+    import contextlib
+
+    from grounded_rl.grpo import GroundedGRPOConfig, run_grpo
+    from grounded_rl.sft import GroundedSFTConfig
+    from grounded_rl.sft import train as run_sft
+    from grounded_rl.training import config_from_mapping
+    from trace_forge.durable import OutputLock
+
     note = on_stage or (lambda name, what, where: logger.info("stage %s: %s (%s)", name, what, where))
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    dirs: dict[str, Path] = {}
+    stages = _Stages(out, overwrite, note)
+    dirs = {name: out / name for name in ("base", "traces", "sft", "grpo", "eval")}
+    mode = (config.traces or {}).get("mode", "multi" if config.multi_turn else "single")
+    base = str(dirs["base"]) if config.tiny_model is not None else config.model
+    data = str(dirs["traces"] / f"dataset-{mode}") if config.traces is not None else config.data
 
-    # ---- base model ---------------------------------------------------------------------------------------------
-    base = config.model
-    if config.tiny_model is not None:
-        from grounded_rl.tiny import make_tiny_model
-
-        dirs["base"] = _stage(out, "base", lambda d: make_tiny_model(d, **config.tiny_model), note)
-        base = str(dirs["base"])
-
-    # ---- traces: MCTS with the teacher, linearized into a trace dataset -----------------------------------------
-    data = config.data
-    if config.traces is not None:
-        t = config.traces
-        mode = t.get("mode", "multi" if config.multi_turn else "single")
-
-        def mine(d: Path) -> None:
-            resume = ["--resume"] if (d / "run.json").exists() else []  # a crashed search continues
-            options = [f"-o{key}={json.dumps(value)}" for key, value in (t.get("task_options") or {}).items()]
-            _trace_forge(
-                "search", "--task", t["task"], "--data-dir", str(t["data_dir"]), *options, "--out", str(d),
-                "--teacher", t.get("teacher", "sim"), "--quiet", *resume, *map(str, t.get("search_args", [])),
-            )
-            if mode == "multi":
-                _trace_forge("linearize", str(d), "--mode", "multi", "--overwrite")
-
-        dirs["traces"] = _stage(out, "traces", mine, note)
-        data = str(dirs["traces"] / f"dataset-{mode}")
-
-    # ---- SFT: the warm start ------------------------------------------------------------------------------------
-    from grounded_rl.sft import SFTArgs
-    from grounded_rl.sft import train as run_sft
-
-    def sft(d: Path) -> None:
-        # resume: a crashed SFT continues from its last checkpoint (from scratch, with a warning, when none).
-        run_sft(SFTArgs.from_sources(None, {**config.sft, "model": base, "data": data, "out": str(d), "resume": True}))
-
-    dirs["sft"] = _stage(out, "sft", sft, note)
-
-    # ---- GRPO from the SFT checkpoint ---------------------------------------------------------------------------
-    from grounded_rl.grpo import GroundedGRPOConfig, run_grpo
-
-    def grpo(d: Path) -> None:
-        run_grpo(GroundedGRPOConfig(**{**config.grpo, "model": str(dirs["sft"]), "output_dir": str(d)}))
-
-    dirs["grpo"] = _stage(out, "grpo", grpo, note)
-
-    # ---- evaluation ---------------------------------------------------------------------------------------------
+    # ---- every stage's settings, checked before anything runs -----------------------------------------------------
+    sft_config = config_from_mapping(GroundedSFTConfig, {**config.sft, "model": base, "data": data,
+                                                         "output_dir": str(dirs["sft"])}, base=None, where="sft")
+    grpo_config = config_from_mapping(GroundedGRPOConfig, {**config.grpo, "model": str(dirs["sft"]),
+                                                           "output_dir": str(dirs["grpo"])}, base=None, where="grpo")
+    eval_settings = None
     if config.eval is not None:
         from grounded_rl.eval import EvalConfig, evaluate
 
-        settings = {"multi_turn": config.multi_turn, **config.eval, "model": str(dirs["grpo"])}
-        dirs["eval"] = _stage(out, "eval", lambda d: evaluate(EvalConfig(**settings), d), note)
-    return dirs
+        eval_settings = {"multi_turn": config.multi_turn, **config.eval, "model": str(dirs["grpo"])}
+        EvalConfig(**eval_settings)
+
+    done: dict[str, Path] = {}
+    lock = OutputLock(out, "train") if stages.main else contextlib.nullcontext()
+    with lock:
+        # ---- base model -------------------------------------------------------------------------------------------
+        if config.tiny_model is not None:
+            from grounded_rl.tiny import make_tiny_model
+
+            done["base"] = stages.run("base", config.tiny_model, lambda d, _: make_tiny_model(d, **config.tiny_model))
+
+        # ---- traces: MCTS with the teacher, linearized into a trace dataset ---------------------------------------
+        if config.traces is not None:
+            t = config.traces
+
+            def mine(d: Path, _: RunOptions) -> None:
+                resume = ["--resume"] if (d / "run.json").exists() else []  # a crashed search continues
+                options = [f"-o{key}={json.dumps(value)}" for key, value in (t.get("task_options") or {}).items()]
+                _trace_forge(
+                    "search", "--task", t["task"], "--data-dir", str(t["data_dir"]), *options, "--out", str(d),
+                    "--teacher", t.get("teacher", "sim"), "--quiet", *resume, *map(str, t.get("search_args", [])),
+                )
+                if mode == "multi":
+                    _trace_forge("linearize", str(d), "--mode", "multi", "--overwrite")
+
+            done["traces"] = stages.run("traces", t, mine)
+
+        # ---- SFT: the warm start, then GRPO from it ---------------------------------------------------------------
+        done["sft"] = stages.run("sft", run_settings(sft_config), lambda d, o: run_sft(sft_config, o),
+                                 all_processes=True)
+        done["grpo"] = stages.run("grpo", run_settings(grpo_config), lambda d, o: run_grpo(grpo_config, o),
+                                  all_processes=True)
+
+        # ---- evaluation -------------------------------------------------------------------------------------------
+        if eval_settings is not None:
+            done["eval"] = stages.run("eval", eval_settings, lambda d, _: evaluate(EvalConfig(**eval_settings), d))
+    return done

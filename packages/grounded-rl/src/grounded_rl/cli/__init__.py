@@ -22,6 +22,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+# Commands whose flags are a TRL config's fields (sft, grpo): typer hands every argument, --help included, to TRL's
+# parser (grounded_rl.training.parse_command_line), which knows the fields.
+TRL_COMMAND = {
+    "context_settings": {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []},
+    "add_help_option": False,
+}
 
 
 def _versions() -> str:
@@ -50,4 +56,4 @@ def main() -> None:
     run(app)
 
 
-__all__ = ["app", "main"]
+__all__ = ["TRL_COMMAND", "app", "main"]

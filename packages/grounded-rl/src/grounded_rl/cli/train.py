@@ -1,36 +1,45 @@
-"""``grounded-rl grpo`` (one GRPO run) and ``grounded-rl train`` (the whole pipeline from a YAML file)."""
+"""``grounded-rl grpo`` (one GRPO run) and ``grounded-rl train`` (the whole pipeline from a YAML file).
+
+``grpo``'s flags are TRL's ``GRPOConfig`` fields plus ours, read by TRL's own parser (``--help`` needs TRL); a
+missing model or dataset path is reported before that.
+"""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from grounded_rl.cli import app
-from trace_forge.errors import ConfigError
+from grounded_rl.cli import TRL_COMMAND, app
 
-_GRPO_EXAMPLES = """\
-Examples:
+# Fields naming a model (True) or a dataset (False), checked before anything heavy is imported.
+SOURCES = (("model", True), ("data", False))
 
-  # CPU smoke run of the tiny model on the bundled V* samples
+GRPO_EXAMPLES = """\
+examples:
 
-  grounded-rl grpo --model /tmp/tiny --task vstar --data-dir data/samples/vstar --out runs/grpo-tiny
-  --num-generations 2 --max-steps 2
+  # CPU smoke run of the tiny model on the bundled V* samples (no special flags: fp32 on CPU)
+  grounded-rl grpo --model runs/tiny --task vstar --data-dir data/samples/vstar --out runs/grpo-tiny \\
+      --num_generations 2 --max_steps 2 --max_completion_length 64
 
   # single-turn GRPO on SAT-2's train split (its val split is for evaluation)
-
-  grounded-rl grpo --model runs/sft --task sat2 --data-dir /data/SAT-v2 --split train --max-pixels 4194304
-  --out runs/grpo
+  grounded-rl grpo --model runs/sft --task sat2 --data-dir /data/SAT-v2 --split train --max_pixels 4194304 \\
+      --out runs/grpo
 
   # multi-turn zoom GRPO on ViGoRL's visual-search RL file (V*Bench stays for evaluation), vLLM rollouts
+  # (needs the vllm extra and a GPU)
+  grounded-rl grpo --model runs/sft-multi --task generic --data-dir /data/visual_search/vigorl_SA_RL.jsonl \\
+      -o image=images -o question=problem -o answer_kind=text --multi_turn --max_pixels 2850000 \\
+      --out runs/grpo-multi --use_vllm --vllm_mode colocate
 
-  grounded-rl grpo --model runs/sft-multi --task generic --data-dir /data/visual_search/vigorl_SA_RL.jsonl
-  -o image=images -o question=problem -o answer_kind=text --multi-turn --max-pixels 2850000 --out runs/grpo-multi
-  --use-vllm --vllm-mode colocate
+Every TRL GRPOConfig field is a flag (--num_generations or --num-generations) and a key of --config. Short names:
+--out (output_dir), --model (model_name_or_path), --data (dataset_name), --warmup_ratio (warmup_steps below 1).
+An output folder that holds a run is refused unless --resume or --overwrite.
 """
 
-_TRAIN_EXAMPLES = """\
+TRAIN_EXAMPLES = """\
 Examples:
 
   grounded-rl train --config data/configs/demo.yaml
@@ -39,73 +48,44 @@ Examples:
 """
 
 
-def _yaml(path: Path | None) -> dict[str, Any]:
-    if path is None:
-        return {}
-    import yaml
-
-    values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path}: expected a mapping of GroundedGRPOConfig fields")
-    return {key.replace("-", "_"): value for key, value in values.items()}
+def _task_option(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
+                       help="A task option (e.g. generic's column map), VALUE read as JSON if it parses; repeatable; "
+                            "added to task_options.")
 
 
-@app.command(epilog=_GRPO_EXAMPLES)
-def grpo(
-    out: Annotated[Path, typer.Option(help="Output dir: final policy, checkpoints, TensorBoard logs (runs/).")],
-    model: Annotated[str | None, typer.Option(help="Policy checkpoint (usually the SFT output).")] = None,
-    task: Annotated[str | None, typer.Option(help="trace-forge task whose questions become prompts.")] = None,
-    data_dir: Annotated[str | None, typer.Option(help="The task's data folder (official layout).")] = None,
-    data: Annotated[str | None, typer.Option(help="Instead of --task: a trace-forge dataset (dir or Hub id).")] = None,
-    split: Annotated[
-        str | None, typer.Option(help="Split to train on (e.g. train); the task's default (often test) when unset.")
-    ] = None,
-    option: Annotated[
-        list[str] | None,
-        typer.Option("--option", "-o", help="Task option KEY=VALUE (e.g. generic's column map); repeatable."),
-    ] = None,
-    multi_turn: Annotated[bool, typer.Option("--multi-turn", help="Zoom-tool dialogs.")] = False,
-    max_pixels: Annotated[
-        int | None, typer.Option(min=1, help="Cap the resized image's pixels (paper: 4194304; V* multi-turn 2850000).")
-    ] = None,
-    num_generations: Annotated[int | None, typer.Option(min=2, help="Group size (paper: 5; 8 multi-turn).")] = None,
-    max_steps: Annotated[int | None, typer.Option(min=1, help="Optimizer steps (paper: 500).")] = None,
-    use_vllm: Annotated[bool, typer.Option("--use-vllm", help="Generate rollouts with vLLM.")] = False,
-    vllm_mode: Annotated[str | None, typer.Option(help="colocate (same GPUs) or server (trl vllm-serve).")] = None,
-    config: Annotated[
-        Path | None,
-        typer.Option(exists=True, dir_okay=False, help="YAML of GroundedGRPOConfig fields; flags override it."),
-    ] = None,
-) -> None:
-    """GRPO with grounded rewards (format, accuracy, zoom diversity; point validity logged), single- or multi-turn."""
-    if vllm_mode not in (None, "colocate", "server"):
-        raise ConfigError(f"--vllm-mode must be colocate or server, got {vllm_mode!r}")
-    # Flags left unset (None, or a switch not given) keep the config file's value.
+@app.command(**TRL_COMMAND)
+def grpo(ctx: typer.Context) -> None:
+    """GRPO with grounded rewards (format, accuracy, zoom diversity; point validity logged), single- or multi-turn.
+
+    Every TRL GRPOConfig field is a flag: see --help.
+    """
+    from grounded_rl.training import precheck
+
+    precheck(ctx.args, SOURCES)
+    from grounded_rl.grpo import GroundedGRPOConfig, run_grpo
+    from grounded_rl.training import parse_command_line
     from trace_forge.tasks import parse_task_options
 
-    flags = dict(model=model, task=task, data_dir=data_dir, data=data, split=split, multi_turn=multi_turn or None,
-                 max_pixels=max_pixels, num_generations=num_generations, max_steps=max_steps,
-                 use_vllm=use_vllm or None, vllm_mode=vllm_mode)
-    values = {**_yaml(config), **{k: v for k, v in flags.items() if v is not None}, "output_dir": str(out)}
-    if option:  # flags add to (and override) the config file's task options
-        values["task_options"] = {**(values.get("task_options") or {}), **parse_task_options(option)}
-    if not values.get("model"):
-        raise ConfigError("--model is required (flag or config file)")
-
-    from grounded_rl.grpo import GroundedGRPOConfig, run_grpo
-
-    try:
-        settings = GroundedGRPOConfig(**values)
-    except TypeError as e:  # an unknown key in the YAML file
-        raise ConfigError(f"{config}: {e}") from e
-    typer.echo(f"saved policy to {run_grpo(settings)}")
+    config, options = parse_command_line(GroundedGRPOConfig, ctx.args, prog="grounded-rl grpo",
+                                         epilog=GRPO_EXAMPLES, description=grpo.__doc__, add_options=_task_option)
+    if options.extra.get("option"):  # flags add to (and override) the config file's task options
+        config.task_options = {**(config.task_options or {}), **parse_task_options(options.extra["option"])}
+    typer.echo(f"saved policy to {run_grpo(config, options)}")
 
 
-@app.command(epilog=_TRAIN_EXAMPLES)
+@app.command(epilog=TRAIN_EXAMPLES)
 def train(
     config: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="Pipeline YAML (see data/configs/).")],
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Redo stages whose settings changed (and every stage after them).")
+    ] = False,
 ) -> None:
-    """The whole pipeline: traces -> SFT -> GRPO -> eval; finished stages (OUT/<stage>/DONE) are skipped."""
+    """The whole pipeline: traces -> SFT -> GRPO -> eval; finished stages (OUT/<stage>/DONE) are skipped.
+
+    A rerun after a crash resumes at the first unfinished stage, from its last checkpoint. A stage that finished
+    (or started) with other settings is refused unless --overwrite. Paths in the file are relative to it.
+    """
     from grounded_rl.train import DONE, PipelineConfig, run_pipeline
     from trace_forge.cli import console, out
 
@@ -114,5 +94,5 @@ def train(
                 "done": "done"}[what]
         console.print(f"[bold]stage {stage}[/]: {said}", highlight=False)
 
-    for stage, path in run_pipeline(PipelineConfig.from_yaml(config), note).items():
+    for stage, path in run_pipeline(PipelineConfig.from_yaml(config), note, overwrite=overwrite).items():
         out.print(f"{stage}: {path}", highlight=False)
