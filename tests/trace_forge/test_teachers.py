@@ -487,8 +487,9 @@ def test_replies_are_cached_as_they_arrive_so_a_kill_repays_only_what_was_in_fli
     with FakeAnthropicServer() as server:
         client = client_for("anthropic", server.base_url, cache=ResponseCache(tmp_path / "c.sqlite"))
         replies = ask_one(client, SamplingParams(n=2))
+    # The two calls race to the server, so which sample hung is not fixed: one of them comes from the cache.
     assert server.request_count == 1 and client.usage.cache_hits == 1
-    assert [r.cached for r in replies] == [True, False]
+    assert sorted(r.cached for r in replies) == [False, True]
 
 
 def test_request_key_ignores_n_and_image_identity_but_not_content_or_params() -> None:
