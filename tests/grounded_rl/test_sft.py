@@ -251,9 +251,13 @@ def test_the_cli_trains_from_a_yaml_file_that_flags_override_and_lora_saves_a_me
     }))
     out = tmp_path / "run"
     result = CliRunner().invoke(app, ["sft", "--config", str(config), "--out", str(out), "--max-steps", "2",
-                                      "--lora"])
+                                      "--lora", "--logging_steps", "1"], env={"TRACE_FORGE_PROGRESS_S": "0"})
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert result.stdout.strip() == f"saved the fine-tuned model to {out}"  # logs went to stderr
+    # One progress display in a log: whole lines with the step and the latest loss, no tqdm carriage returns.
+    lines = [line for line in result.stderr.splitlines() if line.startswith("sft: ")]
+    assert lines[0].startswith("sft: 0/2 (0%)") and any(line.startswith("sft: 2/2 (100%)") for line in lines)
+    assert any(" · loss " in line for line in lines) and "\r" not in result.stderr and "it/s" not in result.stderr
     settings = json.loads((out / RUN_FILE).read_text())["settings"]
     assert settings["learning_rate"] == 2e-4 and settings["use_peft"] is True
     assert settings["per_device_train_batch_size"] == 2

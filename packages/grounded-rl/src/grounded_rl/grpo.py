@@ -241,6 +241,8 @@ class GroundedGRPOTrainer(TrainerMixin, GRPOTrainer):
     """GRPOTrainer plus over-turn masking for multi-turn zoom dialogs, the tool-use metrics, and
     :class:`~grounded_rl.training.TrainerMixin` (strict resume, run record in checkpoints, our model card)."""
 
+    progress_label = "grpo"
+
     def _generate(self, prompts: list) -> tuple:
         """Generate as TRL does, keep each assistant turn's text as generated, then mask over-turn rollouts.
 

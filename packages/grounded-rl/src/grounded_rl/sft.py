@@ -128,6 +128,8 @@ class GroundedSFTConfig(CommonFields, SFTConfig):
 class GroundedSFTTrainer(TrainerMixin, SFTTrainer):
     """TRL's SFTTrainer with a strict resume, checkpoints that carry their run, and our model card."""
 
+    progress_label = "sft"
+
 
 def train(config: GroundedSFTConfig, options: RunOptions | None = None) -> GroundedSFTTrainer:
     """Fine-tune ``config.model`` on the traces of ``config.data`` and save the result to ``config.output_dir``.

@@ -694,13 +694,16 @@ class TrainerMixin:
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # transformers writes each log line to stdout (tqdm.write / print); a command's stdout is its result.
+        # One progress display, the toolkit's: transformers' tqdm bar and printed dicts would interleave with it,
+        # write carriage returns into log files and put log lines on stdout, where a command's result goes.
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
         for callback in list(self.callback_handler.callbacks):
             if type(callback) in (PrinterCallback, ProgressCallback):
                 self.callback_handler.remove_callback(callback)
-                self.callback_handler.add_callback(_on_stderr(type(callback))())
+        self.callback_handler.add_callback(training_progress(self.progress_label))
+
+    progress_label = "train"
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
         from transformers.trainer_utils import is_peft_available
@@ -732,17 +735,55 @@ class TrainerMixin:
         write_atomic(out / "README.md", model_card(**self.card))
 
 
-def _on_stderr(callback: type) -> type:
-    """``callback`` with its log lines on stderr."""
-    import contextlib
+def training_progress(label: str) -> Any:
+    """A ``TrainerCallback`` that shows training progress on stderr through :class:`trace_forge.cli.Progress`: a
+    live bar at a terminal, a plain line every 30 s in a log file, each with the latest logged values (loss,
+    learning rate, reward, ...); the end-of-training summary (runtime, mean loss) as one line. Only the main process
+    of a launch draws. (Built on call: transformers is imported by the commands that train, not with this module.)
+    """
+    from transformers import TrainerCallback
 
-    class OnStderr(callback):
-        def on_log(self, *args: Any, **kwargs: Any) -> Any:
-            with contextlib.redirect_stdout(sys.stderr):
-                return super().on_log(*args, **kwargs)
+    from trace_forge.cli import Progress
 
-    OnStderr.__name__ = callback.__name__
-    return OnStderr
+    shown_keys = ("loss", "eval_loss", "reward", "grad_norm", "learning_rate", "epoch")
+
+    class TrainingProgress(TrainerCallback):
+        def __init__(self) -> None:
+            self.progress: Progress | None = None
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.is_world_process_zero:
+                self.progress = Progress(label, state.max_steps).__enter__()
+                self.progress.update(state.global_step)
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if self.progress is not None:
+                self.progress.update(state.global_step)
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
+                   **kwargs: Any) -> None:
+            if self.progress is None or not logs:
+                return
+            if "train_runtime" in logs:  # the end-of-training summary: after the last progress line
+                console = self.progress.console
+                self.on_train_end(args, state, control)
+                summary = ", ".join(f"{k} {_short(v)}" for k, v in logs.items())
+                console.print(f"{label}: {summary}", highlight=False, markup=False, soft_wrap=True)
+                return
+            shown = [f"{k} {_short(logs[k])}" for k in shown_keys if k in logs]
+            if shown:
+                self.progress.update(state.global_step, status=" · ".join(shown))
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if self.progress is not None:
+                self.progress.__exit__(None, None, None)
+                self.progress = None
+
+    return TrainingProgress()
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _lineage(model: str) -> str:

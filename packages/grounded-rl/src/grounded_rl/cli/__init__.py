@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from trace_forge.cli import run, version_option
+from trace_forge.cli import one_progress_display, run, version_option
 
 app = typer.Typer(
     name="grounded-rl",
@@ -40,6 +40,7 @@ def _versions() -> str:
 @app.callback()
 def _root(version: Annotated[bool, version_option(_versions)] = False) -> None:
     """SFT, DPO and GRPO (single- and multi-turn zoom) for visually grounded reasoning, and pinned evaluation."""
+    one_progress_display()
 
 
 @app.command()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 
-from trace_forge.cli._app import app, console, out, run, version_option
+from trace_forge.cli._app import app, console, one_progress_display, out, run, version_option
 from trace_forge.cli.progress import Progress
 
 # Command modules register on `app` when imported.
@@ -21,4 +21,4 @@ def main() -> None:
     run(app)
 
 
-__all__ = ["Progress", "app", "console", "main", "out", "run", "version_option"]
+__all__ = ["Progress", "app", "console", "main", "one_progress_display", "out", "run", "version_option"]

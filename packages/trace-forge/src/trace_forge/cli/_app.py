@@ -45,9 +45,22 @@ def _trace_forge_version() -> str:
     return f"trace-forge {__version__}"
 
 
+def one_progress_display() -> None:
+    """Switch off the progress bars of datasets, huggingface_hub and transformers (reading parquet, loading and
+    saving weights): the commands draw their own (:class:`~trace_forge.cli.progress.Progress`), and tqdm's carriage
+    returns would interleave with it and fill log files. Called by each CLI's root, before any command."""
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:  # imported already (a test run): its switch was read at import
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+
+
 @app.callback()
 def _root(version: Annotated[bool, version_option(_trace_forge_version)] = False) -> None:
     """Mine visually grounded reasoning traces with Monte Carlo tree search over a teacher VLM."""
+    one_progress_display()
 
 
 def run(typer_app: typer.Typer) -> None:
@@ -56,8 +69,6 @@ def run(typer_app: typer.Typer) -> None:
     Exit codes: 0 success, 1 runtime failure (a server, a full disk), 2 bad usage or bad input data, 130
     interrupted. A full disk met outside trace-forge's own writes (parquet, the SQLite cache) is one line too.
     """
-    # The CLI draws its own progress; datasets' per-operation bars would interleave with it.
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     logging.basicConfig(
         level=os.environ.get("TRACE_FORGE_LOG", "WARNING").upper(),
         format="%(levelname)s %(name)s: %(message)s",

@@ -80,7 +80,7 @@ class Progress:
         self.enabled = enabled
         self.live = enabled and self.console.is_terminal
         self._start = self._last = time.monotonic()
-        self._printed_at: int | None = None
+        self._printed: tuple[int, int | None, str] | None = None  # what the last plain line said
         self._bar: _Bar | None = None
         self._task = None
 
@@ -105,8 +105,8 @@ class Progress:
     ) -> None:
         if self._bar is not None:
             self._bar.stop()
-        elif self.enabled and kind is None and self._printed_at != self.completed:
-            self._line()
+        elif self.enabled and kind is None and self._printed != (self.completed, self.total, self.status):
+            self._line()  # where it ended, with the latest status
 
     def advance(self, n: int = 1, *, status: str | None = None) -> None:
         """``n`` more units done; ``status`` replaces the text after the counts."""
@@ -125,8 +125,8 @@ class Progress:
             self._bar.update(self._task, completed=completed, total=self.total, status=self.status)
             return
         now = time.monotonic()
-        first = self._printed_at is None  # a log shows at once that the work started, and from where
-        if first or now - self._last >= self.every_s or (self.total is not None and completed >= self.total):
+        first = self._printed is None  # a log shows at once that the work started, and from where
+        if first or now - self._last >= self.every_s:
             self._last = now
             self._line()
 
@@ -138,4 +138,4 @@ class Progress:
         if self.status:
             parts.append(self.status)
         self.console.print(" · ".join(parts), highlight=False, markup=False, soft_wrap=True)
-        self._printed_at = self.completed
+        self._printed = (self.completed, self.total, self.status)
