@@ -163,6 +163,22 @@ def test_demo_says_why_there_is_no_answer(tmp_path: Path) -> None:
     assert "maximum context length" in result.output and (tmp_path / "demo.png").is_file()
 
 
+@pytest.mark.parametrize("reply,why", [
+    ("<think>The cup is on the left (10, 20).</think>", "no well-formed <answer>"),
+    ("", "no well-formed <answer>"),
+])
+def test_demo_says_why_a_reply_has_no_answer(tmp_path: Path, reply: str, why: str) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (64, 48), "white").save(tmp_path / "scene.png")
+    with FakeOpenAIServer(reply_text=lambda request, i: reply) as server:
+        result = CliRunner().invoke(app, ["demo", "--model", "m", "--image", str(tmp_path / "scene.png"), "--query",
+                                          "What is it?", "--backend", "openai", "--base-url", server.base_url,
+                                          "--out", str(tmp_path / "demo.png")])
+    assert result.exit_code == 0, result.output
+    assert f"answer: (no answer: the reply has {why}" in result.stdout and (tmp_path / "demo.png").is_file()
+
+
 def test_a_full_disk_stops_eval_in_one_error_and_the_rerun_ends_where_a_clean_run_ends(tmp_path: Path,
                                                                                        monkeypatch) -> None:
     from tests.trace_forge.test_full_disk import FullDisk

@@ -18,7 +18,7 @@ from PIL import Image
 
 from grounded_rl.eval import Dialog, EvalConfig, Student, make_client, view_of
 from trace_forge.errors import ConfigError, DataError
-from trace_forge.show import render_trace
+from trace_forge.show import asked, render_trace
 from trace_forge.tasks import AnswerKind, Sample
 
 __all__ = ["DemoConfig", "no_answer", "run_demo"]
@@ -65,10 +65,16 @@ class DemoConfig:
 
 
 def no_answer(dialog: Dialog) -> str:
-    """What stands for a missing answer: why there is none when a request failed."""
+    """What stands for a missing answer, saying why there is none."""
     if dialog.error is not None:
         return f"(no answer: the request failed: {dialog.error.kind}: {dialog.error})"
-    return "(no answer)"
+    if not dialog.turns:
+        return "(no answer: the model replied nothing)"
+    last = dialog.turns[-1]
+    if last.finish_reason == "length":
+        return "(no answer: the reply reached the token limit, --max-tokens, before an <answer>)"
+    problems = "; ".join(p.detail for p in last.parsed.problems[:3])
+    return "(no answer: the reply has no well-formed <answer>" + (f": {problems})" if problems else ")")
 
 
 def run_demo(config: DemoConfig) -> tuple[Dialog, Path]:
@@ -103,9 +109,10 @@ def run_demo(config: DemoConfig) -> tuple[Dialog, Path]:
 
     dialog = asyncio.run(ask())
     mode = "multi-turn" if config.multi_turn else "single-turn"
-    title = f"{Path(config.model).name} ({mode}): {config.query}"
+    title = f"{Path(config.model).name} ({mode})"
     picture = render_trace(image, dialog.pixel_steps(), dialog.pixel_answer() or no_answer(dialog),
-                           crops=dialog.crops or None, title=title, answer_point=dialog.pixel_answer_point())
+                           crops=dialog.crops or None, title=title, question=asked(sample),
+                           answer_point=dialog.pixel_answer_point())
     out = Path(config.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     picture.save(out)
