@@ -105,3 +105,16 @@ def test_check_anthropic_passes_a_server_that_rate_limits_every_second_request()
 def test_check_missing_key_variable_is_a_config_error() -> None:
     result = check("--teacher", "openai", "--base-url", "http://127.0.0.1:9/v1", "--api-key-env", "NO_SUCH_KEY")
     assert isinstance(result.exception, ConfigError) and "NO_SUCH_KEY" in str(result.exception)
+
+
+def test_check_with_a_file_that_is_no_image_names_it_in_words(tmp_path: Path) -> None:
+    from trace_forge.errors import DataError
+
+    text = tmp_path / "README.md"
+    text.write_text("# not an image\n")
+    with FakeOpenAIServer() as server:
+        result = runner.invoke(app, ["teacher", "check", "--teacher", "openai", "--model", "m", "--base-url",
+                                     server.base_url, "--image", str(text)])
+    assert isinstance(result.exception, DataError)
+    message = str(result.exception)
+    assert message.startswith(f"{text}: cannot read image: not an image file") and "BytesIO" not in message

@@ -17,7 +17,7 @@ from pathlib import Path
 from PIL import Image
 
 from grounded_rl.eval import Dialog, EvalConfig, Student, make_client, view_of
-from trace_forge.errors import ConfigError, DataError
+from trace_forge.errors import ConfigError, DataError, image_error
 from trace_forge.show import asked, render_trace
 from trace_forge.tasks import AnswerKind, Sample
 
@@ -92,7 +92,7 @@ def run_demo(config: DemoConfig) -> tuple[Dialog, Path]:
         with Image.open(config.image) as im:
             image = im.convert("RGB")
     except (OSError, ValueError) as e:
-        raise DataError(f"cannot read image: {e}", path=config.image) from e
+        raise DataError(f"cannot read image: {image_error(e)}", path=config.image) from e
     sample = Sample("demo", "demo", [image], config.query, config.task_kind, options=list(config.options))
     eval_config = config.eval_config()
     task = eval_config.task_spec.build()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import errno
 
-__all__ = ["TraceForgeError", "DataError", "ConfigError", "StorageError"]
+__all__ = ["TraceForgeError", "DataError", "ConfigError", "StorageError", "image_error"]
 
 
 class TraceForgeError(Exception):
@@ -44,3 +44,13 @@ class StorageError(TraceForgeError):
         super().__init__(f"{path}: cannot write ({reason}); {hint}")
         self.path = path
         self.errno = error.errno
+
+
+def image_error(error: Exception) -> str:
+    """Why an image could not be read, in words for a :class:`DataError` (PIL names a file it cannot identify by
+    the repr of its buffer, ``<_io.BytesIO object at 0x...>``, which tells a reader nothing)."""
+    from PIL import UnidentifiedImageError
+
+    if isinstance(error, UnidentifiedImageError):
+        return "not an image file (PNG, JPEG, WebP, GIF, BMP, TIFF, ...)"
+    return str(error)

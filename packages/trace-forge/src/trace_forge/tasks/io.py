@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 
 from PIL import Image
 
-from trace_forge.errors import ConfigError, DataError
+from trace_forge.errors import ConfigError, DataError, image_error
 from trace_forge.grounding import Box
 
 __all__ = [
@@ -435,7 +435,7 @@ def _image_from_bytes(data: bytes, name: str) -> Image.Image:
     except Image.DecompressionBombError as e:
         raise _bomb(e, limit, name) from None
     except (OSError, ValueError) as e:
-        raise DataError(f"corrupt image: {e}", path=name) from e
+        raise DataError(f"corrupt image: {image_error(e)}", path=name) from e
     _check_pixels(image.size, limit, name)
     return image
 
@@ -456,7 +456,7 @@ def check_image(path: Path) -> tuple[int, int]:
     except Image.DecompressionBombError as e:
         raise _bomb(e, limit, path) from None
     except (OSError, ValueError) as e:
-        raise DataError(f"corrupt image: {e}", path=path) from e
+        raise DataError(f"corrupt image: {image_error(e)}", path=path) from e
     _check_pixels(size, limit, path)
     return size
 
@@ -482,7 +482,7 @@ def open_image(image: str | Path | Image.Image) -> Image.Image:
     except Image.DecompressionBombError as e:
         raise _bomb(e, limit, name) from None
     except (OSError, ValueError, SyntaxError) as e:  # PIL raises SyntaxError on some broken headers
-        raise DataError(f"corrupt image: {e}", path=name) from e
+        raise DataError(f"corrupt image: {image_error(e)}", path=name) from e
 
 
 def image_size(image: Path | Image.Image) -> tuple[int, int]:

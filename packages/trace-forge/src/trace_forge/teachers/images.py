@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from trace_forge.errors import DataError
+from trace_forge.errors import DataError, image_error
 from trace_forge.grounding.frames import ImageGeometry, Resize
 
 if TYPE_CHECKING:
@@ -102,7 +102,7 @@ class ImageRef:
                 im.load()
                 return im
         except (OSError, ValueError) as e:
-            raise DataError(f"cannot read image: {e}", path=path) from e
+            raise DataError(f"cannot read image: {image_error(e)}", path=path) from e
 
 
 @dataclass(frozen=True)
@@ -273,7 +273,7 @@ class ImageEncoder:
                 fmt, mode, size = im.format, im.mode, im.size
                 rotated = _EXIF_ORIENTATION in im.getexif()
         except (OSError, ValueError, SyntaxError) as e:  # PIL raises SyntaxError on some broken headers
-            raise DataError(f"cannot read image: {e}", path=path) from e
+            raise DataError(f"cannot read image: {image_error(e)}", path=path) from e
         sha = hashlib.sha256(data).hexdigest()
         if fmt not in _AS_IS_FORMATS or mode not in _AS_IS_MODES or rotated:
             return None, sha
