@@ -816,17 +816,29 @@ async def _run(
         if on_record is not None:
             on_record(record, done, total)
 
+    stopped = False
+
     async def question(sample: Sample, ks: list[int]) -> None:
+        nonlocal stopped
         async with slots:
-            canvas = sample.canvas()
-            if config.multi_turn:
-                for k in ks:
-                    finish(sample, k, await student.multi_turn(sample, canvas, _seed(config.seed, sample.id, k)))
-            else:
-                # One request for all K samples; on resume the missing ones are taken from the same draw.
-                dialogs = await student.single_turn(sample, canvas, config.samples, _seed(config.seed, sample.id, 0))
-                for k in ks:
-                    finish(sample, k, dialogs[k])
+            # A run-ending error (an auth refusal) releases its slot before the task group cancels the queued
+            # questions; the one woken by that release must not reach the server.
+            if stopped:
+                return
+            try:
+                canvas = sample.canvas()
+                if config.multi_turn:
+                    for k in ks:
+                        finish(sample, k, await student.multi_turn(sample, canvas, _seed(config.seed, sample.id, k)))
+                else:
+                    # One request for all K samples; on resume the missing ones are taken from the same draw.
+                    dialogs = await student.single_turn(
+                        sample, canvas, config.samples, _seed(config.seed, sample.id, 0))
+                    for k in ks:
+                        finish(sample, k, dialogs[k])
+            except BaseException:
+                stopped = True
+                raise
 
     try:
         async with asyncio.TaskGroup() as group:
