@@ -1,14 +1,16 @@
 """DPO on preference pairs from the trees: stock TRL `DPOTrainer` trains one step on a dataset that `trace-forge
-search` + `linearize --mode preference` wrote, and `grounded-rl dpo` (model frame, frozen vision tower, output
-folder rules, resume) on the tiny model, CPU."""
+search` + `linearize --mode preference` wrote, and `grounded-rl dpo` (model frame, frozen vision tower, the output
+folder rules and strict resume of grounded_rl.training, TRL-style settings) on the tiny model, CPU."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from datasets import load_dataset
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -16,8 +18,10 @@ from trl import DPOConfig, DPOTrainer
 from typer.testing import CliRunner
 
 from grounded_rl.cli import app as grounded_rl
-from grounded_rl.dpo import RUN_RECORD, GroundedDPOConfig, parse_config, prepare_pairs, train_dpo
+from grounded_rl.dpo import GroundedDPOConfig, prepare_pairs, train
+from grounded_rl.training import RUN_FILE, RunOptions, config_from_mapping, parse_command_line
 from tests.grounded_rl.test_contract import REPO, _trace_forge
+from tests.grounded_rl.test_sft import _cli, _error_lines, _imported, _losses
 from trace_forge.dataset import PREFERENCE_ROWS, load_traces
 from trace_forge.errors import ConfigError, DataError
 from trace_forge.grounding import View, parse_response
@@ -87,64 +91,133 @@ def test_pixel_pairs_are_rewritten_for_the_model_and_long_ones_dropped(pairs, ti
 
 
 def _dpo(*args: str):
-    return runner.invoke(grounded_rl, ["dpo", *args])
+    return runner.invoke(grounded_rl, ["dpo", *args], env={"TRACE_FORGE_PROGRESS_S": "0"})
 
 
-def test_grounded_rl_dpo_trains_saves_refuses_an_occupied_folder_and_resumes(pairs, tiny_qwen2_5_vl_dir, tmp_path):
+def dpo_config(**settings) -> GroundedDPOConfig:
+    return config_from_mapping(GroundedDPOConfig, settings, base=None, where="test")
+
+
+def test_grounded_rl_dpo_trains_saves_refuses_an_occupied_folder_resumes_and_overwrites(
+    pairs, tiny_qwen2_5_vl_dir, tmp_path
+):
     out = tmp_path / "dpo"
-    common = ["--model", str(tiny_qwen2_5_vl_dir), "--data", str(pairs["pixel"]), "--output-dir", str(out),
+    common = ["--model", str(tiny_qwen2_5_vl_dir), "--data", str(pairs["pixel"]), "--out", str(out),
               "--per_device_train_batch_size", "2", "--gradient_checkpointing", "false", "--report_to", "none",
               "--logging_steps", "1", "--save_steps", "1", "--learning_rate", "1e-3"]
     first = _dpo(*common, "--max_steps", "1")
     assert first.exit_code == 0, first.output + repr(first.exception)
-    record = json.loads((out / RUN_RECORD).read_text())
-    assert record["global_step"] == 1 and record["resumed_from"] is None
+    assert first.stdout.strip() == f"saved the DPO model to {out}"  # logs and progress went to stderr
+    lines = [line for line in first.stderr.splitlines() if line.startswith("dpo: ")]  # the toolkit's display
+    assert lines[0].startswith("dpo: 0/1 (0%)") and any(line.startswith("dpo: 1/1 (100%)") for line in lines)
+    assert "\r" not in first.stderr and "it/s" not in first.stderr  # no tqdm
+    record = json.loads((out / RUN_FILE).read_text())
+    assert record["command"] == "dpo" and record["finished"] and record["global_step"] == 1
+    assert record["resumed_from"] is None and record["settings"]["beta"] == 0.1
     assert record["view"]["frame"] == "model" and record["config"]["bf16"] is False  # CPU: fp32
-    assert record["data"]["train"]["pairs"] == len(load_traces(pairs["pixel"], rows=PREFERENCE_ROWS))
+    pixel_pairs = len(load_traces(pairs["pixel"], rows=PREFERENCE_ROWS))
+    assert record["data"]["train"]["pairs"] == pixel_pairs
+    assert record["data"]["train"]["fit"] == {"kept": pixel_pairs, "too_long": 0}
     assert record["parameters"]["vision_frozen"] > 0
-    assert (out / "checkpoint-1").is_dir() and (out / "model.safetensors").is_file()
+    assert json.loads((out / "checkpoint-1" / RUN_FILE).read_text())["command"] == "dpo"  # the checkpoint's run
+    assert (out / "model.safetensors").is_file()
     assert "{%- generation -%}" in (out / "chat_template.jinja").read_text()  # our template, saved with the model
+    card = (out / "README.md").read_text()
+    assert "direct preference optimisation" in card and "single-turn" in card and str(pairs["pixel"]) in card
     before = load_file(str(tiny_qwen2_5_vl_dir / "model.safetensors"))
     after = load_file(str(out / "model.safetensors"))
     changed = {name for name in before if not torch.equal(before[name], after[name])}
     assert changed and not any("visual.blocks." in n or "visual.patch_embed." in n for n in changed)
 
     again = _dpo(*common, "--max_steps", "1")
-    assert isinstance(again.exception, ConfigError) and "--resume" in str(again.exception)
+    assert isinstance(again.exception, ConfigError)
+    assert "holds a dpo run of" in str(again.exception) and "--resume" in str(again.exception)
     other = _dpo(*common, "--max_steps", "2", "--resume", "--beta", "0.5")
-    assert isinstance(other.exception, ConfigError) and "beta: 0.1 -> 0.5" in str(other.exception)
+    assert isinstance(other.exception, ConfigError) and "beta (0.1 then, 0.5 now)" in str(other.exception)
+    assert json.loads((out / RUN_FILE).read_text())["global_step"] == 1  # refused: untouched
 
     resumed = _dpo(*common, "--max_steps", "2", "--resume")
     assert resumed.exit_code == 0, resumed.output + repr(resumed.exception)
-    record = json.loads((out / RUN_RECORD).read_text())
+    record = json.loads((out / RUN_FILE).read_text())
     assert record["global_step"] == 2 and record["resumed_from"].endswith("checkpoint-1")
     assert (out / "checkpoint-2").is_dir()
 
-    fresh = _dpo(*common, "--max_steps", "1", "--overwrite")
+    fresh = _dpo(*common, "--max_steps", "1", "--overwrite", "--beta", "0.5")
     assert fresh.exit_code == 0, fresh.output + repr(fresh.exception)
-    assert json.loads((out / RUN_RECORD).read_text())["global_step"] == 1 and not (out / "checkpoint-2").exists()
+    record = json.loads((out / RUN_FILE).read_text())
+    assert record["global_step"] == 1 and record["settings"]["beta"] == 0.5 and not (out / "checkpoint-2").exists()
 
 
-def test_dpo_settings_are_checked_before_any_work(pairs, tiny_qwen2_5_vl_dir, tmp_path):
-    with pytest.raises(ConfigError, match="--data, --output_dir required"):
-        parse_config(["--model", "m"])
-    with pytest.raises(ConfigError, match="pass one"):
-        parse_config(["--model", "m", "--data", "d", "--output_dir", str(tmp_path), "--resume", "--overwrite"])
-    config = parse_config(["--model", "m", "--data", "d", "--output_dir", str(tmp_path), "--beta", "0.3",
-                           "--loss_type", "ipo"])
-    assert isinstance(config, GroundedDPOConfig) and config.beta == 0.3 and config.loss_type == ["ipo"]
-    assert config.max_length == 8192 and config.freeze_vision and config.bf16 is torch.cuda.is_available()
-    unknown = _dpo("--model", "m", "--data", "d", "--output_dir", str(tmp_path), "--bogus", "1")
-    assert isinstance(unknown.exception, ConfigError) and "--bogus" in str(unknown.exception)
+def test_resume_from_a_copy_of_checkpoint_2_ends_with_the_weights_of_the_uninterrupted_run(
+    pairs, tiny_qwen2_5_vl_dir, tmp_path
+):
+    """4 steps saving every 2 (past the end of an epoch); a second run resumed from a copy of checkpoint-2 ends with
+    the same losses and weights: the restored weights, optimizer, scheduler, RNG and data position, and the same
+    reference model (the policy as loaded, not as resumed)."""
+    settings = dict(model=str(tiny_qwen2_5_vl_dir), data=str(pairs["model"]), learning_rate=1e-3,
+                    per_device_train_batch_size=2, max_steps=4, save_steps=2, logging_steps=1, report_to="none",
+                    gradient_checkpointing=False)
+    first = train(dpo_config(**settings, output_dir=str(tmp_path / "a")))
+    assert first.state.num_train_epochs > 1  # the resumed run crosses an epoch boundary too
+
+    copy = tmp_path / "b"
+    shutil.copytree(tmp_path / "a" / "checkpoint-2", copy / "checkpoint-2")
+    shutil.copy(tmp_path / "a" / RUN_FILE, copy / RUN_FILE)
+    second = train(dpo_config(**settings, output_dir=str(copy)), RunOptions(resume=True))
+
+    assert second.state.global_step == 4
+    assert [e["step"] for e in second.state.log_history if "loss" in e] == [1, 2, 3, 4]  # 1-2 restored
+    assert _losses(second) == pytest.approx(_losses(first), abs=1e-5)
+    want, got = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(copy / "model.safetensors"))
+    assert want.keys() == got.keys()
+    assert max((want[k] - got[k]).abs().max().item() for k in want) <= 1e-5
+    assert json.loads((copy / RUN_FILE).read_text())["resumed_from"].endswith("checkpoint-2")
+
+
+def test_dpo_settings_are_read_the_trl_way_and_checked_before_any_work(pairs, tiny_qwen2_5_vl_dir, tmp_path):
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    config_file = folder / "dpo.yaml"
+    config_file.write_text(yaml.safe_dump({"model_name_or_path": "../runs/sft", "dataset_name": "../pairs",
+                                           "out": "../runs/dpo", "beta": 0.3, "loss_type": "ipo"}))
+    config, options = parse_command_line(GroundedDPOConfig, ["--config", str(config_file), "--max-steps", "5",
+                                                              "--resume"], prog="dpo")
+    assert isinstance(config, GroundedDPOConfig) and options.resume and not options.overwrite
+    assert (config.model, config.data, config.output_dir) == tuple(  # relative to the file, not the cwd
+        str(tmp_path / p) for p in ("runs/sft", "pairs", "runs/dpo"))
+    assert (config.beta, config.loss_type, config.max_steps) == (0.3, ["ipo"], 5)
+    assert config.max_length == 8192 and config.freeze_vision and config.report_to == ["tensorboard"]
+    assert config.bf16 is False and config.dataloader_pin_memory is False  # CPU: fp32, nothing pinned
+    config_file.write_text(yaml.safe_dump({"out": "x", "bta": 0.3}))
+    with pytest.raises(ConfigError, match=r"dpo.yaml: unknown setting 'bta'; did you mean beta"):
+        parse_command_line(GroundedDPOConfig, ["--config", str(config_file)], prog="dpo")
+    with pytest.raises(ConfigError, match="eval_strategy steps needs eval_split"):
+        dpo_config(output_dir="x", eval_strategy="steps")
+    with_eval = dpo_config(output_dir="x", eval_split="validation", save_steps=7)
+    assert (with_eval.eval_strategy, with_eval.eval_steps) == ("steps", 7)
+    unknown = _dpo("--model", str(tiny_qwen2_5_vl_dir), "--data", str(pairs["pixel"]), "--out", str(tmp_path / "u"),
+                   "--betta", "1")
+    assert isinstance(unknown.exception, ConfigError)
+    assert "unknown arguments --betta 1; did you mean --beta" in str(unknown.exception)
     help_text = _dpo("--help")
-    assert help_text.exit_code == 0 and "--loss_type" in help_text.output and "--freeze_vision" in help_text.output
+    assert help_text.exit_code == 0 and "examples:" in help_text.output
+    for flag in ("--loss_type", "--beta", "--freeze_vision", "--out", "--resume", "--overwrite"):
+        assert flag in help_text.output, flag
+
+    # A missing model is one line (exit 2) before torch is imported.
+    (tmp_path / "runs").mkdir()  # so runs/tinyy is a mistyped folder, not a Hub id
+    result = _cli("dpo", "--model", "runs/tinyy", "--data", "d", "--out", "o", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert _error_lines(result) == ["error: --model runs/tinyy: no such file or folder; a Hub model is named org/name"]
+    assert "torch" not in _imported(result)
 
     single = tmp_path / "single"
     _trace_forge("linearize", str(pairs["pixel"].parent), "--mode", "single", "--val-fraction", "0", "--out",
                  str(single))
     with pytest.raises(DataError, match="it holds trace rows, not preference rows"):
-        train_dpo(parse_config(["--model", str(tiny_qwen2_5_vl_dir), "--data", str(single), "--output_dir",
-                                str(tmp_path / "a")]))
+        train(dpo_config(model=str(tiny_qwen2_5_vl_dir), data=str(single), output_dir=str(tmp_path / "a")))
     with pytest.raises(DataError, match="no preference pair fits max_length=64"):
-        train_dpo(parse_config(["--model", str(tiny_qwen2_5_vl_dir), "--data", str(pairs["pixel"]), "--output_dir",
-                                str(tmp_path / "b"), "--max_length", "64"]))
+        train(dpo_config(model=str(tiny_qwen2_5_vl_dir), data=str(pairs["pixel"]), output_dir=str(tmp_path / "b"),
+                         max_length=64))
+    with pytest.raises(ConfigError, match="model and data are required"):
+        train(dpo_config(model=str(tiny_qwen2_5_vl_dir), output_dir=str(tmp_path / "c")))

@@ -1,7 +1,7 @@
-"""What every grounded-rl training command shares (``sft``, ``grpo``, and any later one such as ``dpo``).
+"""What every grounded-rl training command shares (``sft``, ``dpo``, ``grpo``).
 
 - **Configs the TRL way.** A command's settings are one dataclass that subclasses TRL's config (``SFTConfig``,
-  ``GRPOConfig``) and adds our fields. :func:`parse_command_line` and :func:`config_from_mapping` read it with TRL's
+  ``DPOConfig``, ``GRPOConfig``) and adds our fields. :func:`parse_command_line` and :func:`config_from_mapping` read it with TRL's
   own parser (:class:`trl.TrlParser`, an ``HfArgumentParser``), so every TRL field is a flag and a YAML key under
   TRL's name; :data:`ALIASES` lists the few short names we add. Paths in a YAML file are read relative to that file.
 - **Output folders that never lose a run.** :func:`claim_output` decides what a run may do with its ``output_dir``:
@@ -817,6 +817,7 @@ def model_card(*, name: str, base: str, method: str, multi_turn: bool, datasets:
     front.append("---")
     mode = "multi-turn (zoom tool)" if multi_turn else "single-turn"
     what = {"SFT": "supervised fine-tuning on grounded reasoning traces (ViGoRL's warm start)",
+            "DPO": "direct preference optimisation on pairs of correct and wrong continuations from search trees",
             "GRPO": "GRPO with grounded rewards (ViGoRL's RL stage)"}.get(method, method)
     data = ", ".join(f"[{d}](https://huggingface.co/datasets/{d})" if d in hub_data else f"`{d}`"
                      for d in datasets) or "-"
