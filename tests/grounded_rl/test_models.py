@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import doctest
 from types import SimpleNamespace
 
 import pytest
 from PIL import Image, ImageDraw
 
-import grounded_rl.models
 from grounded_rl.models import Family, family_of, geometry_for, to_model_frame
 from trace_forge.grounding import Frame, ImageGeometry, Point, Resize, Step, Trajectory, format_point
 
@@ -50,10 +48,6 @@ def test_family_of_rejects_unknown(tmp_path):
         family_of(SimpleNamespace(model_type="llava"))
     with pytest.raises(FileNotFoundError):
         family_of(tmp_path)
-
-
-def test_doctests():
-    assert doctest.testmod(grounded_rl.models).failed == 0
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -56,11 +56,3 @@ def test_grpo_config_carries_the_margin():
 
     with pytest.raises(ConfigError, match="grounding_margin=-1"):
         GroundedGRPOConfig(output_dir="unused", model="m", task="vstar", grounding_margin=-1)
-
-
-def test_reward_docstring_examples_run():
-    import doctest
-
-    import grounded_rl.rewards
-
-    assert doctest.testmod(grounded_rl.rewards).failed == 0

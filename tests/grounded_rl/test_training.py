@@ -3,7 +3,6 @@ and the docstring examples of the training modules."""
 
 from __future__ import annotations
 
-import doctest
 import importlib.util
 import json
 import logging
@@ -11,8 +10,6 @@ from pathlib import Path
 
 import pytest
 
-import grounded_rl.grpo
-import grounded_rl.training
 from grounded_rl.training import (
     RUN_FILE,
     RunOptions,
@@ -25,11 +22,6 @@ from grounded_rl.training import (
     run_settings,
 )
 from trace_forge.errors import ConfigError, DataError
-
-
-@pytest.mark.parametrize("module", [grounded_rl.training, grounded_rl.grpo], ids=lambda m: m.__name__)
-def test_doctests(module):
-    assert doctest.testmod(module).failed == 0
 
 
 def test_a_path_like_value_is_never_a_hub_id(tmp_path: Path) -> None:

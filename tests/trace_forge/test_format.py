@@ -1,4 +1,3 @@
-import doctest
 import json
 import time
 
@@ -316,10 +315,6 @@ def test_an_answer_point_is_read_leniently_but_whole():
 def test_bad_expect_is_a_programming_error():
     with pytest.raises(ValueError):
         parse_response("x", expect="multi")  # type: ignore[arg-type]
-
-
-def test_doctests():
-    assert doctest.testmod(fmt).failed == 0
 
 
 # --- fuzzing ------------------------------------------------------------------------------------------------

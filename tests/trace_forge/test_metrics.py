@@ -1,10 +1,8 @@
-import doctest
 import itertools
 from fractions import Fraction
 
 import pytest
 
-from trace_forge.tasks import metrics
 from trace_forge.tasks.metrics import all_rotations, avg_at_k, group_means, macro, mean, pass_at_k
 from trace_forge.tasks.sample import AnswerKind, Sample
 
@@ -110,7 +108,3 @@ def test_avg_at_k():
         avg_at_k([[1.0], []])
     with pytest.raises(ValueError):
         avg_at_k([])
-
-
-def test_doctests():
-    assert doctest.testmod(metrics).failed == 0

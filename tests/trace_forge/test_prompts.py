@@ -1,4 +1,3 @@
-import doctest
 import hashlib
 import json
 import re
@@ -157,7 +156,3 @@ def test_prompt_sets_are_frozen():
     with pytest.raises(AttributeError):
         prompts_for(AnswerKind.TEXT).answer_format = "x"  # type: ignore[misc]
     assert isinstance(prompts_for(AnswerKind.TEXT), PromptSet)
-
-
-def test_doctests():
-    assert doctest.testmod(prompts).failed == 0

@@ -1,9 +1,7 @@
-import doctest
 
 import pytest
 
 from trace_forge.grounding import Box, Frame, Point
-from trace_forge.tasks import scoring
 from trace_forge.tasks.scoring import choose_option, official_point, score_option, score_point, score_text
 
 COLORS = ["red", "blue", "not red", "green"]  # "not red" contains the correct "red": the substring trap
@@ -170,10 +168,6 @@ def test_score_text(pred, answer, expected):
 def test_score_text_rejects_empty_reference():
     with pytest.raises(ValueError):
         score_text("x", " ?! ")
-
-
-def test_doctests():
-    assert doctest.testmod(scoring).failed == 0
 
 
 # --- the one scoring function: score_answer --------------------------------------------------------------------

@@ -1,5 +1,4 @@
 import dataclasses
-import doctest
 import importlib
 
 import numpy as np
@@ -37,10 +36,6 @@ def _find_marker(crop: Image.Image) -> tuple[float, float]:
     assert weights.sum() > 0, "marker not found in the crop"
     ys, xs = np.indices(red.shape)
     return float((xs * weights).sum() / weights.sum()), float((ys * weights).sum() / weights.sum())
-
-
-def test_doctests():
-    assert doctest.testmod(zoom_module, raise_on_error=True).attempted > 0
 
 
 @settings(max_examples=200)
