@@ -11,7 +11,7 @@ same at every size.
 
 Run from the repository root (minutes on 2 cores; more questions, more minutes)::
 
-    uv run python -m benchmarks.mining_memory --sizes 25 200
+    uv run python -m benchmarks.mining_memory --sizes 50 400
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def measure(n: int, work: Path, simulations: int, concurrency: int) -> dict[str,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[25, 200])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[50, 400])
     parser.add_argument("--simulations", type=int, default=4)
     # Questions searched at once follow the request limit; below the smallest set, so every size holds as many
     # trees (and their decoded images) at once, and only what grows with the questions differs.
