@@ -1,5 +1,9 @@
 """Every command of both CLIs says how to use it: an example in its help, choices listed, ``--version``."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -54,3 +58,28 @@ def test_generic_task_options_are_documented():
 def test_version(app, name):
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output.startswith(f"{name} ")
+
+
+@pytest.mark.parametrize(
+    ("cli", "args", "said"),
+    [
+        ("trace_forge.cli", ["search", "--task", "vstar", "--simulaton", "3"], "No such option: --simulaton"),
+        ("trace_forge.cli", ["search", "--task", "vstar", "--out", "o", "--simulations", "many"],
+         "Invalid value for '--simulations'"),
+        ("grounded_rl.cli", ["evl"], "No such command 'evl'. Did you mean 'eval'?"),
+    ],
+)
+def test_a_usage_error_is_one_line_whatever_the_width(cli, args, said, tmp_path):
+    """Through the installed entry point (``run``), not CliRunner: at 40 columns the message stays whole, names
+    the help to read, and exits 2 with nothing on stdout."""
+    env = {**os.environ, "COLUMNS": "40"}
+    result = subprocess.run([sys.executable, "-m", cli, *args], capture_output=True, text=True, env=env,
+                            cwd=tmp_path, timeout=120)
+    assert result.returncode == 2 and result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(f"error: {said}") and "--help)" in result.stderr
+
+
+def test_no_arguments_show_the_help():
+    result = subprocess.run([sys.executable, "-m", "trace_forge.cli"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "search" in result.stdout + result.stderr and "Usage" in result.stdout + result.stderr

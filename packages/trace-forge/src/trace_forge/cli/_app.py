@@ -74,16 +74,37 @@ def run(typer_app: typer.Typer) -> None:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
-        typer_app()
+        # Not standalone, so that a usage error (a wrong flag, value or command) reaches us instead of being drawn
+        # in a box that wraps at the terminal's width.
+        code = typer_app(standalone_mode=False)
     except (TraceForgeError, OSError, sqlite3.OperationalError) as e:
         error = _known(e)
         if error is None or os.environ.get("TRACE_FORGE_DEBUG"):
             raise
         _error(str(error))
         sys.exit(error.exit_code)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, typer.Abort):
+        code = 130
+    except Exception as e:
+        if not _is_usage_error(e):
+            raise
+        if type(e).__name__ == "NoArgsIsHelpError":  # no arguments: the help, drawn when the error was made
+            if e.format_message().strip():
+                typer.echo(e.format_message(), err=True)
+        else:
+            context = getattr(e, "ctx", None)
+            path = context.command_path if context is not None else typer_app.info.name
+            _error(f"{e.format_message().rstrip('.')} (see {path} --help)")
+        sys.exit(e.exit_code)
+    if code == 130:  # typer's code for Ctrl-C
         console.print("[yellow]interrupted[/]")
-        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _is_usage_error(error: Exception) -> bool:
+    """Whether ``error`` is click's usage error, of whichever click typer runs on (its own vendored copy since
+    0.26; click before): known by the shape click gives it, as its classes are not public in every version."""
+    return callable(getattr(error, "format_message", None)) and isinstance(getattr(error, "exit_code", None), int)
 
 
 def _error(message: str) -> None:
