@@ -39,6 +39,7 @@ from grounded_rl.training import (
     TrainerMixin,
     check_source,
     claim_output,
+    held_out_evaluation,
     output_lock,
     prepare_config,
     run_settings,
@@ -93,14 +94,8 @@ class GroundedDPOConfig(CommonFields, DPOConfig):
         prepare_config(self)
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"limit must be >= 1 or unset (all pairs), got {self.limit}")
-        if self.eval_split is not None:
-            if self.eval_strategy in ("no", None):
-                self.eval_strategy = "steps"
-            if self.eval_steps is None:
-                self.eval_steps = self.save_steps
+        held_out_evaluation(self, self.eval_split, "eval_split (a split of --data)")
         super().__post_init__()
-        if self.eval_strategy != "no" and self.eval_split is None:
-            raise ConfigError(f"eval_strategy {self.eval_strategy.value} needs eval_split (a split of --data)")
 
 
 class GroundedDPOTrainer(TrainerMixin, DPOTrainer):

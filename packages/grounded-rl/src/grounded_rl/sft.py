@@ -36,6 +36,7 @@ from grounded_rl.training import (
     TrainerMixin,
     check_source,
     claim_output,
+    held_out_evaluation,
     output_lock,
     prepare_config,
     run_settings,
@@ -110,14 +111,8 @@ class GroundedSFTConfig(CommonFields, SFTConfig):
         prepare_config(self)
         if self.remove_unused_columns:
             raise ConfigError("remove_unused_columns must be False: the collator reads the rows' metadata")
-        if self.val_data is not None:
-            if self.eval_strategy in ("no", None):
-                self.eval_strategy = "steps"
-            if self.eval_steps is None:
-                self.eval_steps = self.save_steps
+        held_out_evaluation(self, self.val_data, "val_data (validation traces)")
         super().__post_init__()
-        if self.eval_strategy != "no" and self.val_data is None:
-            raise ConfigError(f"eval_strategy {self.eval_strategy.value} needs val_data (validation traces)")
         for name in ("lora_r", "per_device_train_batch_size", "gradient_accumulation_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")

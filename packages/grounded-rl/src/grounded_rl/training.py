@@ -56,6 +56,7 @@ __all__ = [
     "check_source",
     "claim_output",
     "config_from_mapping",
+    "held_out_evaluation",
     "is_hub_id",
     "last_checkpoint",
     "model_card",
@@ -225,6 +226,24 @@ def prepare_config(config: Any) -> None:
         config.bf16 = bool(gpu and torch.cuda.is_bf16_supported())
     if config.dataloader_pin_memory is None:
         config.dataloader_pin_memory = gpu
+
+
+def held_out_evaluation(config: Any, held_out: str | None, what: str) -> None:
+    """Evaluation follows the held-out data (before TRL's ``__post_init__``): with it, every ``eval_steps``
+    (default ``save_steps``) unless ``eval_strategy`` says otherwise; without it, no evaluation can be asked for.
+
+    Raises:
+        ConfigError: ``eval_strategy`` set with no held-out data (``what`` names the setting that gives it).
+    """
+    strategy = getattr(config.eval_strategy, "value", config.eval_strategy)
+    if held_out is None:
+        if strategy not in ("no", None):
+            raise ConfigError(f"eval_strategy {strategy} needs {what}")
+        return
+    if strategy in ("no", None):
+        config.eval_strategy = "steps"
+    if config.eval_steps is None:
+        config.eval_steps = config.save_steps
 
 
 # ---------------------------------------------------------------------------------------------------------------
