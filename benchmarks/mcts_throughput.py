@@ -7,11 +7,13 @@ its batch limit: it holds at most ``--server-sequences`` sequences at once, a re
 its own tree.
 
 The questions carry V*-size photos: generated JPEG files of a few megapixels (V*Bench's are 1690x1500 to 5759x1440)
-whose sizes are not multiples of 28, so the client resizes and re-encodes each one, as with the real benchmark.
+whose sizes are not multiples of 28. Under Qwen's pixel budget (``--max-pixels``, default 12,845,056) the resize only
+rounds them to the grid, so the client sends each file as it is and the server rounds it, as with the real
+benchmark; a smaller budget (``--max-pixels 1003520``) makes the client resize and re-encode each photo instead.
 
 - **trace-forge**: ``run_search`` with the client's request limit at the server's sequence capacity: many trees at
   once, one request with ``n = k`` per expansion, rollouts of all children in parallel, images encoded once per
-  question (``image_format=auto``: JPEG q95), lean HTTP transport.
+  question (the file as it is, or resized to JPEG q95), lean HTTP transport.
 - **baseline** (the reference design, ``vigorl-code.md`` section 1): 10 worker threads, each searching one question
   at a time with blocking SDK calls, one call per child and one per rollout step, the image as a base64 PNG; seeds
   count up per question from a per-question start, so its trees differ like ours.
@@ -236,14 +238,11 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-RESIZE = Resize(max_pixels=QWEN_MAX_PIXELS)
-
-
 def run_ours(samples, url, args, run_dir) -> dict:
     task = get_task("vstar")
     config = SearchConfig(simulations=args.simulations)
     # Twice the server's sequences in flight: a queue at the server keeps every slot busy while replies travel.
-    client = build_client("openai", "teacher", [url], resize=RESIZE,
+    client = build_client("openai", "teacher", [url], resize=Resize(max_pixels=args.max_pixels),
                           config=RuntimeConfig(concurrency=2 * args.server_sequences, timeout_s=600, max_retries=0))
 
     async def go():
@@ -258,10 +257,11 @@ def run_ours(samples, url, args, run_dir) -> dict:
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def image_cpu_ms(samples: list[Sample]) -> float:
-    """CPU milliseconds to prepare one question's image for sending (decode, resize, JPEG q95, base64), measured
-    on its own: the share of the client's CPU that is per question, not per request."""
-    encoder = ImageEncoder(RESIZE)
+def image_cpu_ms(samples: list[Sample], max_pixels: int) -> float:
+    """CPU milliseconds to prepare one question's image for sending (read and hash the file; decode, resize and
+    JPEG-encode it when the resize scales; base64), measured on its own: the client's CPU that is per question, not
+    per request."""
+    encoder = ImageEncoder(Resize(max_pixels=max_pixels))
     start = time.process_time()
     sizes = [len(encoder.encode(ImageRef.of_sample(sample)).data_url_json) for sample in samples]
     assert all(sizes)
@@ -359,6 +359,7 @@ def main() -> None:
     p.add_argument("--baseline-questions", type=int, default=10)
     p.add_argument("--baseline-workers", type=int, default=10)
     p.add_argument("--simulations", type=int, default=8, help="per question (the reference's n_simulations)")
+    p.add_argument("--max-pixels", type=int, default=QWEN_MAX_PIXELS, help="the teacher's pixel budget")
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the child processes
     p.add_argument("--write-photos", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -374,7 +375,7 @@ def main() -> None:
         server = ServerProcess(args.latency, args.server_sequences)
         ours = run_ours(samples, server.url, args, Path(tmp) / "run")
         served = server.stop()
-        image_ms = image_cpu_ms(samples[:len(SIZES)])
+        image_ms = image_cpu_ms(samples[:len(SIZES)], args.max_pixels)
         server = ServerProcess(args.latency, args.server_sequences)
         base_wall, base_calls = run_baseline(samples[: args.baseline_questions], server.url, args)
         base_served = server.stop()
@@ -383,7 +384,7 @@ def main() -> None:
     base_full = base_wall * args.questions / args.baseline_questions
     cpu_ms = 1000 * ours["cpu"] / ours["requests"]
     print(f"server: latency {args.latency}s, {args.server_sequences} sequences at once; {args.questions} questions "
-          f"on 2.1-3.6 MP photos, {args.simulations} simulations each")
+          f"on 2.1-3.6 MP photos, {args.simulations} simulations each, max {args.max_pixels} pixels")
     print(f"trace-forge : {ours['wall']:8.1f} s  {ours['requests']:6d} requests  {served['sequences']:6d} sequences  "
           f"{served['body_bytes'] / served['requests'] / 1e3:7.1f} kB/request  peak {served['peak_sequences']} "
           "sequences in flight")
@@ -396,7 +397,7 @@ def main() -> None:
           f"of wall time")
     image_share = image_ms * args.questions / ours["requests"]
     print(f"client      : {cpu_ms:.3f} ms CPU per request (all threads), peak RSS {ours['peak_rss_mb']:.0f} MB; "
-          f"of which images {image_share:.3f} ms ({image_ms:.0f} ms per question: decode, resize, JPEG, base64)")
+          f"of which images {image_share:.3f} ms ({image_ms:.1f} ms per question)")
     print(f"baseline    : {base_wall:8.1f} s  {base_calls:6d} calls on {args.baseline_questions} questions "
           f"({base_calls / args.baseline_questions:.1f}/question, {args.baseline_workers} workers, "
           f"{base_served['body_bytes'] / base_served['requests'] / 1e3:.1f} kB/request)")

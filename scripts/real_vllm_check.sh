@@ -2,7 +2,7 @@
 # Opt-in integration check against a REAL vLLM OpenAI server (not part of pytest): our fakes answer what we expect,
 # this shows what vLLM answers. Runs `trace-forge teacher check`, a small `trace-forge search` (sampled and greedy),
 # single- and multi-turn `grounded-rl eval`, and scripts/real_vllm_probe.py (greedy n, over-long prompt, base URL
-# without /v1, JPEG and PNG data URLs), and prints what happened.
+# without /v1, JPEG and PNG data URLs, the frame of a file sent as it is), and prints what happened.
 #
 # Usage, from the repository root:
 #   scripts/real_vllm_check.sh [URL] [MODEL]      # a running server (default http://127.0.0.1:8011/v1 tiny-qwen)

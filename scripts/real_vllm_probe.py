@@ -7,6 +7,8 @@ says so); a few also send the raw request the client avoids, to record the serve
 - a prompt over ``--max-model-len``: the typed error and the server's words;
 - a base URL without ``/v1``: the hint;
 - the same image as a JPEG and as a PNG data URL;
+- a JPEG file the resize only rounds to the grid, sent as it is: the server must make the encoder's ``model`` frame
+  of it (as many prompt tokens as the image pre-resized to that frame; exit 1 otherwise);
 - a reply cut at ``max_tokens`` and the runtime's length cap.
 
 Usage (part of ``scripts/real_vllm_check.sh``)::
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -65,6 +68,37 @@ async def ask(url: str, model: str, chat: list[Message], params: SamplingParams,
             f"{u.format_retries}, truncated {u.truncated}): " + "; ".join(texts))
 
 
+async def prompt_tokens(url: str, model: str, image: ImageRef) -> int:
+    """The prompt tokens the server counts for one question on ``image``: its visual tokens and the same text."""
+    client = build_client("openai", model, [url], config=CONFIG, resize=Resize(max_pixels=TINY_MAX_PIXELS))
+    async with client:
+        [reply] = await client.generate([Message("user", (image, "Where is the dot?"))],
+                                        SamplingParams(max_tokens=1, temperature=0))
+    return reply.prompt_tokens
+
+
+async def rounded_file_frame(url: str, model: str) -> bool:
+    """Whether a file sent as it is lands in the frame the encoder promised (see the module docstring)."""
+    resize = Resize(max_pixels=TINY_MAX_PIXELS)
+    image = Image.new("RGB", (300, 200), "white")
+    image.paste((255, 0, 0), (140, 90, 160, 110))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "dot.jpg"
+        image.save(path, quality=90)
+        ref = ImageRef(path)
+        encoded = build_client("openai", model, [url], resize=resize).teacher.encoder.encode(ref)
+        as_is = encoded.data == path.read_bytes()
+        tokens = await prompt_tokens(url, model, ref)
+    frame = encoded.model_size
+    resized = await prompt_tokens(url, model, ImageRef(image.resize(frame, Image.Resampling.BICUBIC)))
+    other = await prompt_tokens(url, model, ImageRef(image.resize((frame[0] + 28, frame[1]))))
+    same = as_is and tokens == resized != other
+    case(f"300x200 JPEG file under a {TINY_MAX_PIXELS} px budget", f"{'sent as it is' if as_is else 're-encoded'}, "
+         f"{tokens} prompt tokens; pre-resized to the model frame {frame[0]}x{frame[1]}: {resized}; "
+         f"one grid cell wider: {other} ({'same frame' if same else 'FRAME MISMATCH'})")
+    return same
+
+
 def case(name: str, outcome: str) -> None:
     print(f"- {name}: {outcome}", flush=True)
 
@@ -105,6 +139,8 @@ async def main(url: str, model: str) -> None:
         {"type": "image_url", "image_url": {"url": "data:image/png;base64,bm90IGFuIGltYWdl"}},
         {"type": "text", "text": question}]}], "max_tokens": 8})
     case("raw bad image bytes", f"HTTP {status}: {text}")
+    if not await rounded_file_frame(url, model):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

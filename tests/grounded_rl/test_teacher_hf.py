@@ -134,6 +134,21 @@ def test_images_go_in_at_the_processor_resize_so_frames_match(teacher: HFTeacher
         make_teacher("hf", teacher.model, encoder=ImageEncoder(Resize(max_pixels=10**7)))
 
 
+def test_a_file_the_processor_only_rounds_goes_as_it_is_and_lands_in_the_same_frame(teacher: HFTeacher,
+                                                                                     tmp_path: Path) -> None:
+    patch = teacher.processor.image_processor.patch_size
+    for size, as_is in (((300, 200), True), ((640, 480), False)):  # rounded to 308x196; scaled into the budget
+        path = tmp_path / f"{size[0]}.jpg"
+        chat(size=size)[1].images[0].source.save(path, quality=90)
+        ref = ImageRef(path)
+        encoded = teacher.encoder.encode(ref)
+        assert (encoded.data == path.read_bytes()) is as_is
+        assert encoded.model_size == teacher.resize.model_size(*size) and (size == encoded.model_size) is False
+        # The processor (vLLM serves with the same one) makes the encoder's model frame of what was sent.
+        inputs = teacher.processor(text=["<|vision_start|><|image_pad|><|vision_end|>"], images=[teacher._image(ref)])
+        _, rows, cols = inputs["image_grid_thw"][0].tolist()
+        assert (cols * patch, rows * patch) == encoded.model_size
+
 def test_prefill_is_continued_and_tool_turns_render_as_tool_responses(teacher: HFTeacher) -> None:
     crop = Image.new("RGB", (64, 64), "red")
     turns = [*chat(), Message("assistant", ('<think> Zoom. </think>\n<tool_call>{"name": "zoom"}</tool_call>',)),

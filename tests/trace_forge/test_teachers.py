@@ -628,11 +628,11 @@ def test_unresized_jpeg_and_png_files_are_sent_as_their_own_bytes(tmp_path: Path
     assert sent["q3"] != rgba.read_bytes() and Image.open(io.BytesIO(sent["q3"])).mode == "RGBA"  # re-encoded
     assert client.teacher.encoder.encode(refs[0]).mime == "image/jpeg"
     assert client.teacher.encoder.encodes == 3  # the JPEG once for both refs, the PNG, the RGBA re-encode
-    # A resize, or a PIL image that is not the file's size, is never replaced by the file.
+    # A resize that scales, or a PIL image that is not the file's size, is never replaced by the file.
     resized = ImageEncoder(Resize(max_pixels=50_000)).encode(ImageRef(photo))
-    assert resized.mime == "image/jpeg" and resized.sent_size == (252, 168)  # a JPEG photo stays JPEG
+    assert resized.mime == "image/jpeg" and resized.model_size == (252, 168)  # a JPEG photo stays JPEG
     cropped = ImageEncoder(format="png").encode(ImageRef(canvas.crop((0, 0, 100, 100)), file=photo))
-    assert cropped.sent_size == (100, 100) and cropped.mime == "image/png"
+    assert cropped.model_size == (100, 100) and cropped.mime == "image/png"
 
 
 def test_jpeg_option_encodes_at_quality_95() -> None:

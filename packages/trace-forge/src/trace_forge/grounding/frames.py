@@ -85,8 +85,7 @@ def smart_resize(
         raise ValueError(f"image size must be positive, got {width}x{height}")
     if max(height, width) / min(height, width) > _MAX_ASPECT:
         raise ValueError(f"aspect ratio of {width}x{height} exceeds {_MAX_ASPECT}")
-    h_bar = max(factor, round(height / factor) * factor)
-    w_bar = max(factor, round(width / factor) * factor)
+    h_bar, w_bar = _on_grid(height, factor), _on_grid(width, factor)
     if h_bar * w_bar > max_pixels:
         beta = math.sqrt((height * width) / max_pixels)
         h_bar = max(factor, math.floor(height / beta / factor) * factor)
@@ -96,6 +95,11 @@ def smart_resize(
         h_bar = math.ceil(height * beta / factor) * factor
         w_bar = math.ceil(width * beta / factor) * factor
     return h_bar, w_bar
+
+
+def _on_grid(side: int, factor: int) -> int:
+    """``side`` rounded to the nearest multiple of ``factor`` (Python's rounding, as the processor's)."""
+    return max(factor, round(side / factor) * factor)
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,18 @@ class Resize:
         """``(width, height)`` of an image of the given size once the processor has resized it."""
         h, w = smart_resize(height, width, self.factor, self.min_pixels, self.max_pixels)
         return w, h
+
+    def rounds_only(self, width: int, height: int) -> bool:
+        """Whether the processor only rounds this size's sides to the grid, without scaling it into the bounds.
+
+        Then every processor with this grid whose bounds hold these makes the same :meth:`model_size` of the
+        original image, so a client may send the original and leave the rounding to the server.
+
+        Example:
+            >>> Resize().rounds_only(1960, 1470), Resize(max_pixels=1_003_520).rounds_only(1960, 1470)
+            (True, False)
+        """
+        return self.model_size(width, height) == (_on_grid(width, self.factor), _on_grid(height, self.factor))
 
     def geometry(self, width: int, height: int) -> ImageGeometry:
         """The :class:`ImageGeometry` of an image of this size under these bounds."""

@@ -1,13 +1,17 @@
-"""Encode each distinct image once per run, at the size the teacher model sees it.
+"""Encode each distinct image once per run, so that the teacher model sees it in a frame known here.
 
 Sending the same bytes every time matters: vLLM's prefix and multimodal caches key on the image content, so a
 re-encoded (or differently resized) copy of the root image would miss them on every one of the hundreds of calls a
-search makes per question. The encoder resizes to the model's pixel budget (:meth:`Resize.model_size`) *before*
-sending, so the server's own processor leaves the image alone and the teacher's coordinates are in the ``model``
-frame of :attr:`EncodedImage.geometry`, which converts them back to original pixels.
+search makes per question. An image the model's pixel budget would scale (:meth:`Resize.model_size`) is resized
+*before* sending, so the server's own processor leaves it alone; either way the teacher's coordinates are in the
+``model`` frame of :attr:`EncodedImage.geometry`, which converts them back to original pixels.
 
-An image that needs no resize and comes from a JPEG or PNG file is sent as that file's own bytes. Otherwise the
-format is chosen per image (``format="auto"``, :func:`auto_format`): JPEG at quality 95 for photos, PNG where lossless
+An image from a JPEG or PNG file whose resize only rounds its sides to the grid (:meth:`Resize.rounds_only`: the
+usual case for V*-size photos under Qwen's 12.8 MP budget) is sent as that file's own bytes, and the server's
+processor rounds it to the same ``model`` size. Any server whose bounds hold ours does, which is the condition a
+pre-resized image already depends on; the model then sees its own processor's resampling, as in training and
+evaluation, and the client skips 50-90 ms of decode, resample and re-encode per 2-4 MP photo (the larger part of
+its CPU per question). Otherwise the format is chosen per image (``format="auto"``, :func:`auto_format`): JPEG at quality 95 for photos, PNG where lossless
 matters (screenshots with small text). Measured on a bundled V* photo (1960x1470 JPEG of 214 kB, resized to
 multiples of 28): PNG 1.53 MB in 0.63 s, JPEG q95 368 kB in 0.03 s, and the server decodes the JPEG about 8x faster.
 
@@ -69,9 +73,9 @@ class ImageRef:
     Attributes:
         source: the image, the path of its file, or a function returning the image (called only when the encoder
             needs the pixels, so a question in flight does not hold its decoded photo: 9 MB for a V* image).
-        file: the image file a PIL or function ``source`` decodes from, pixel for pixel; when the image needs no
-            resize the encoder sends this file's bytes as they are (a path ``source`` is its own file), and the
-            file's bytes identify the image in the encoder's memo instead of a hash of its pixels.
+        file: the image file a PIL or function ``source`` decodes from, pixel for pixel; when the resize at most
+            rounds the image to the grid the encoder sends this file's bytes as they are (a path ``source`` is its
+            own file), and the file's bytes identify the image in the encoder's memo instead of a hash of its pixels.
     """
 
     source: Image.Image | Path | str | Callable[[], Image.Image]
@@ -117,22 +121,23 @@ class EncodedImage:
         data_url_json: the data URL of the encoded file as a JSON string literal (quotes included).
         mime: the file's media type (``image/png``, ...).
         sha256: hex digest of the file bytes (:attr:`data`): the image's identity in cache keys.
-        sent_size: ``(width, height)`` of the sent image, i.e. of the ``model`` frame.
+        model_size: ``(width, height)`` of the ``model`` frame: the sent image as the model's processor sizes it
+            (a file sent as it is may still be rounded to the grid by the server).
         original_size: ``(width, height)`` of the original image, i.e. of the ``pixel`` frame.
     """
 
     data_url_json: bytes
     mime: str
     sha256: str
-    sent_size: tuple[int, int]
+    model_size: tuple[int, int]
     original_size: tuple[int, int]
 
     @classmethod
-    def of(cls, data: bytes, mime: str, sent_size: tuple[int, int], original_size: tuple[int, int],
+    def of(cls, data: bytes, mime: str, model_size: tuple[int, int], original_size: tuple[int, int],
            sha256: str | None = None) -> EncodedImage:
         """The encoded file ``data`` (its digest computed unless given)."""
         url = b'"data:' + mime.encode() + b";base64," + base64.b64encode(data) + b'"'
-        return cls(url, mime, sha256 or hashlib.sha256(data).hexdigest(), sent_size, original_size)
+        return cls(url, mime, sha256 or hashlib.sha256(data).hexdigest(), model_size, original_size)
 
     @property
     def base64(self) -> str:
@@ -150,8 +155,8 @@ class EncodedImage:
 
     @property
     def geometry(self) -> ImageGeometry:
-        """Converts teacher coordinates (``model`` frame = pixels of the sent image) to and from ``pixel``."""
-        (w, h), (mw, mh) = self.original_size, self.sent_size
+        """Converts teacher coordinates (``model`` frame) to and from ``pixel``."""
+        (w, h), (mw, mh) = self.original_size, self.model_size
         return ImageGeometry(width=w, height=h, model_width=mw, model_height=mh)
 
 
@@ -173,7 +178,7 @@ class ImageEncoder:
         >>> enc = ImageEncoder(Resize(max_pixels=200_000))
         >>> ref = ImageRef(Image.new("RGB", (1000, 500), "white"))
         >>> e = enc.encode(ref)
-        >>> e.original_size, e.sent_size
+        >>> e.original_size, e.model_size
         ((1000, 500), (616, 308))
         >>> enc.encode(ImageRef(Image.new("RGB", (1000, 500), "white"))) is e, enc.encodes
         (True, 1)
@@ -262,7 +267,7 @@ class ImageEncoder:
         """``ref``'s file as it is, when its bytes can be sent unchanged (else None), and the file's SHA-256.
 
         That is a JPEG or PNG whose pixels every decoder turns into the same RGB image (no alpha, palette or
-        EXIF rotation) at a size the resize leaves alone, and, for a PIL ``source``, of the same size.
+        EXIF rotation) at a size the resize at most rounds to the grid, and, for a PIL ``source``, of the same size.
         """
         path = ref.origin
         if path is None:
@@ -279,9 +284,11 @@ class ImageEncoder:
             return None, sha
         if isinstance(ref.source, Image.Image) and ref.source.size != size:
             return None, sha
-        if self.resize is not None and self.resize.model_size(*size) != size:
+        if self.resize is None:
+            return EncodedImage.of(data, _MIME[fmt], size, size, sha), sha
+        if not self.resize.rounds_only(*size):
             return None, sha
-        return EncodedImage.of(data, _MIME[fmt], size, size, sha), sha
+        return EncodedImage.of(data, _MIME[fmt], self.resize.model_size(*size), size, sha), sha
 
     def _format_for(self, ref: ImageRef, image: Image.Image) -> str:
         if self.format != "AUTO":
