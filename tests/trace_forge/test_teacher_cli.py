@@ -35,7 +35,7 @@ def test_check_openai_reports_replies_usage_and_n_honoured() -> None:
     assert "reply 1 [stop]: reply 0.0" in out and "reply 2 [stop]: reply 0.1" in out
     assert "latency:" in out and "tokens: prompt" in out and "requests: 1 (0 retries)" in out
     assert "n honoured: yes" in out
-    assert "448x336 sent as 448x336" in out  # the generated test image, sent at its size without --max-pixels
+    assert "448x336 seen as 448x336" in out  # the generated test image, seen at its size without --max-pixels
     assert server.request_count == 1 and server.requests[0].n == 2 and len(server.requests[0].images) == 1
     assert server.requests[0].headers["authorization"] == "Bearer EMPTY"  # a local server needs no key
 
@@ -62,7 +62,7 @@ def test_check_sends_the_given_image_resized(tmp_path: Path) -> None:
         result = check("--teacher", "openai", "--base-url", server.base_url, "--image", str(path),
                        "--max-pixels", "200000")
     assert result.exit_code == 0, result.output
-    assert "1000x500 sent as 616x308" in result.stdout
+    assert "1000x500 seen as 616x308" in result.stdout
     with Image.open(io.BytesIO(server.requests[0].images[0])) as im:
         assert im.size == (616, 308)
 

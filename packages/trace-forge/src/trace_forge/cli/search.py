@@ -109,10 +109,11 @@ def search(
         "Retries per request on 429/5xx/timeouts."))] = default(RuntimeConfig, "max_retries"),
     max_pixels: Annotated[
         int,
-        typer.Option(min=0, help="Resize images before sending (Qwen2.5-VL smart_resize, multiples of 28) to at "
-                     "most this many pixels; teacher points are read in that frame. The default is Qwen2.5-VL's own "
-                     "bound, so a Qwen server's resize changes nothing and its frame is known. 0 sends originals: "
-                     "for APIs that answer in original pixels."),
+        typer.Option(min=0, help="The teacher's pixel budget (Qwen2.5-VL smart_resize, multiples of 28): teacher "
+                     "points are read in that frame. Images it would scale are resized before sending; a JPEG or PNG "
+                     "it only rounds to the grid is sent as its file, for the server to round. The default is "
+                     "Qwen2.5-VL's own bound; use the server's, or a tighter one. 0 sends originals: for APIs that "
+                     "answer in original pixels."),
     ] = QWEN_MAX_PIXELS,
     min_pixels: Annotated[int, typer.Option(min=1, help="Lower pixel bound of the resize (unused with "
                                             "--max-pixels 0).")] = QWEN_MIN_PIXELS,

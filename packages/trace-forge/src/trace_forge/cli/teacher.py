@@ -112,7 +112,7 @@ def check(
     usage = client.usage
     geometry = client.geometry(ref)
     typer.echo(f"teacher: {teacher}  model: {model}  endpoints: {endpoints}")
-    typer.echo(f"image: {geometry.width}x{geometry.height} sent as {geometry.model_width}x{geometry.model_height} "
+    typer.echo(f"image: {geometry.width}x{geometry.height} seen as {geometry.model_width}x{geometry.model_height} "
                f"(teacher points are in this 'model' frame)" + ("" if image else f"; red dot at {_DOT}"))
     for i, reply in enumerate(replies, 1):
         typer.echo(f"reply {i} [{reply.finish_reason}]: {reply.text.strip()}")
