@@ -6,6 +6,8 @@ import errno
 import json
 import os
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -21,8 +23,8 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="re
 class FullDisk:
     """``os.write`` to files under ``root`` writes at most ``free`` more bytes in all, then fails with ENOSPC."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, root: Path, free: int) -> None:
-        self.root, self.free, self.refused = str(root), free, 0
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, root: Path, free: int, pause_s: float = 0.0) -> None:
+        self.root, self.free, self.refused, self.pause_s = str(root), free, 0, pause_s
         self._write = os.write
         monkeypatch.setattr(os, "write", self.write)
 
@@ -35,9 +37,11 @@ class FullDisk:
             return self._write(fd, data)
         if self.free <= 0:
             self.refused += 1
+            time.sleep(self.pause_s)  # a slow device: other writers run in the meantime
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         n = self._write(fd, bytes(data[: self.free]))
         self.free -= n
+        time.sleep(self.pause_s)
         return n
 
 
@@ -51,6 +55,31 @@ def test_a_record_that_does_not_fit_is_cut_back_not_left_torn(tmp_path, monkeypa
     assert disk.refused == 1 and disk.free == 0
     assert path.read_bytes() == before  # the 40 bytes that made it were cut off again
     assert [r["question_id"] for r in read_records(path)] == ["q1"] and "torn" not in caplog.text
+
+
+def test_threads_appending_to_a_full_disk_leave_whole_lines_only(tmp_path, monkeypatch):
+    # The search appends finished questions from worker threads: a writer that cuts the file back to the end it saw
+    # must not undo (or, cutting "back" past another's cut, pad with zeros) what another writer did meanwhile.
+    path = tmp_path / "trees.jsonl"
+    append_record(path, {"question_id": "q0"})
+    FullDisk(monkeypatch, tmp_path, free=250, pause_s=0.002)
+    errors = []
+
+    def writer(i: int) -> None:
+        try:
+            append_record(path, {"question_id": f"q{i}", "tree": "x" * 90})
+        except StorageError as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(1, 9)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    data = path.read_bytes()
+    assert b"\0" not in data and data.endswith(b"\n")
+    kept = [json.loads(line)["question_id"] for line in data.splitlines()]  # every line whole
+    assert kept[0] == "q0" and len(kept) == 1 + 8 - len(errors) and len(errors) >= 6  # two records fit in 250 bytes
 
 
 def test_a_whole_file_that_does_not_fit_leaves_the_old_one_and_no_temporary(tmp_path, monkeypatch):

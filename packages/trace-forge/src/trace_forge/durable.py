@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,6 +49,19 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
+_APPEND_LOCKS: dict[str, threading.Lock] = {}
+_APPEND_LOCKS_GUARD = threading.Lock()
+
+
+def _append_lock(path: Path) -> threading.Lock:
+    """One lock per file: threads of a process append to one file (the search stores each question from a worker
+    thread), and a writer cutting a failed line back to the end it saw would otherwise cut off, or pad with zeros,
+    what another thread appended in between. Other processes never share the file (:class:`OutputLock`)."""
+    key = os.path.abspath(path)
+    with _APPEND_LOCKS_GUARD:
+        return _APPEND_LOCKS.setdefault(key, threading.Lock())
+
+
 def append_record(path: Path, record: dict[str, Any]) -> None:
     """Append one JSON record durably: one write and an fsync (a kill can tear at most this line).
 
@@ -56,7 +70,7 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
             partial line remains (should the cut fail too, :func:`read_records` drops the torn line).
     """
     line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
-    with _writing(path):
+    with _append_lock(path), _writing(path):
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             end = os.fstat(fd).st_size
