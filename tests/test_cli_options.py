@@ -61,3 +61,16 @@ def test_the_sim_teachers_settings_have_one_default():
     sim = inspect.signature(SimTeacher).parameters
     assert params["sim_skill"].default == sim["skill"].default
     assert params["sim_accuracy"].default == sim["answer_accuracy"].default
+
+
+# Retry tuning of the teacher client: settable from Python (RuntimeConfig), kept off the command line on purpose.
+NOT_FLAGS = {"max_format_retries", "backoff_base_s", "backoff_max_s", "retry_after_cap_s"}
+
+
+@pytest.mark.parametrize("command", list(COMMANDS), ids=lambda c: c[1])
+def test_every_config_field_is_a_flag(command):
+    app, name = command
+    configs, renamed = COMMANDS[command]
+    flags = {renamed.get(p.name, p.name) for p in typer.main.get_command(app).commands[name].params}
+    missing = [f.name for config in configs for f in dataclasses.fields(config) if f.name not in flags | NOT_FLAGS]
+    assert not missing, f"{name}: config fields without a flag: {missing}"

@@ -45,6 +45,13 @@ def test_single_turn_reasoning_points_per_category(tmp_path: Path) -> None:
     assert "## Grounding precision" in md and "| overall | 58.33 (14/24) | - | 58.33 (14/24) |" in md
     assert json.loads((tmp_path / SUMMARY_FILE).read_text())["grounding"] == g
     assert "evidence_miou" not in summary
+    # The margin only rescores: a rerun with one wide enough to take in (5, 5) asks nothing and counts every point.
+    requests = server.request_count
+    with FakeOpenAIServer(reply_text=reply) as again:
+        wide = run(config("vstar", grounding_margin=10_000), again, tmp_path)["grounding"]
+    assert again.request_count == 0 and server.request_count == requests
+    assert wide["margin_px"] == 10_000 and wide["overall"]["reasoning"] == {"on_target": 24, "points": 24,
+                                                                            "precision": 1.0}
 
 
 def test_multi_turn_zoom_points_are_counted_apart(tmp_path: Path) -> None:

@@ -180,6 +180,11 @@ class EvalConfig:
         metadata={"help": "Share of samples that may fail (request refused for good, or malformed replies) with the "
                           "run still succeeding; failed samples score 0 either way and a rerun asks them again."},
     )
+    grounding_margin: float = field(
+        default=0.0,
+        metadata={"help": "Pixels of slack around the target boxes when the summary counts the model's points on "
+                          "target (grounding precision); a reporting setting: rerun with another to rescore."},
+    )
 
     def __post_init__(self) -> None:
         problems = []
@@ -191,6 +196,8 @@ class EvalConfig:
             problems.append(f"limit={self.limit} (need >= 1, or unset for all)")
         if self.concurrency < 1:
             problems.append(f"concurrency={self.concurrency} (need >= 1)")
+        if self.grounding_margin < 0:
+            problems.append(f"grounding_margin={self.grounding_margin} (need >= 0 pixels)")
         if not 0.0 <= self.max_failure_rate <= 1.0:
             problems.append(f"max_failure_rate={self.max_failure_rate} (need 0 <= rate <= 1)")
         if self.backend not in LOCAL_BACKENDS + API_BACKENDS:
@@ -768,7 +775,7 @@ def _evaluate(
     summary = {
         "task": config.task,
         "metrics": summarize(task, samples, records, config.samples),
-        "grounding": grounding_precision(samples, records, config.samples),
+        "grounding": grounding_precision(samples, records, config.samples, config.grounding_margin),
         "counts": _counts(records),
         "protocol": current,
     }

@@ -91,6 +91,8 @@ def eval_command(
     max_retries: Annotated[int, typer.Option(min=0, help=_eval_help("max_retries"))] = _EVAL_DEFAULT["max_retries"],
     max_failure_rate: Annotated[float, typer.Option(min=0.0, max=1.0, help=_eval_help("max_failure_rate"))] = (
         _EVAL_DEFAULT["max_failure_rate"]),
+    grounding_margin: Annotated[float, typer.Option(min=0.0, help=_eval_help("grounding_margin"))] = _EVAL_DEFAULT[
+        "grounding_margin"],
 ) -> None:
     """Evaluate a model on a benchmark with the official verifier; writes samples.jsonl, summary.json/.md.
 
@@ -106,7 +108,7 @@ def eval_command(
         limit=limit, multi_turn=multi_turn, samples=samples, temperature=temperature, top_p=top_p,
         max_tokens=max_tokens, seed=seed, max_images=max_images, backend=backend, base_urls=list(base_url or []),
         max_pixels=max_pixels, frame=frame, concurrency=concurrency, timeout_s=timeout, max_retries=max_retries,
-        max_failure_rate=max_failure_rate,
+        max_failure_rate=max_failure_rate, grounding_margin=grounding_margin,
     )
     scores: list[float] = []
     try:
