@@ -37,6 +37,7 @@ from trace_forge.teachers import (
     TeacherError,
     build_client,
 )
+from trace_forge.teachers.images import ImageEncoder
 
 PHOTO = Path(__file__).parents[1] / "data" / "samples" / "vstar" / "direct_attributes" / "sa_4666.jpg"
 TINY_MAX_PIXELS = 256 * 28 * 28  # what the tiny model's processor keeps: sending more only costs bytes
@@ -86,7 +87,7 @@ async def rounded_file_frame(url: str, model: str) -> bool:
         path = Path(tmp) / "dot.jpg"
         image.save(path, quality=90)
         ref = ImageRef(path)
-        encoded = build_client("openai", model, [url], resize=resize).teacher.encoder.encode(ref)
+        encoded = ImageEncoder(resize).encode(ref)
         as_is = encoded.data == path.read_bytes()
         tokens = await prompt_tokens(url, model, ref)
     frame = encoded.model_size

@@ -32,17 +32,17 @@ from typing import TYPE_CHECKING, Any
 
 from trl import DPOConfig, DPOTrainer
 
-from grounded_rl.data import image_token_count, model_view, set_max_pixels
+from grounded_rl.data import image_token_count, model_view
 from grounded_rl.training import (
     CommonFields,
     RunOptions,
     TrainerMixin,
     check_source,
-    claim_output,
+    claimed_output,
     held_out_evaluation,
-    output_lock,
+    load_policy,
+    parameter_counts,
     prepare_config,
-    run_settings,
     write_run,
 )
 from trace_forge.dataset import PREFERENCE_FEATURES, PreferenceRow
@@ -176,29 +176,18 @@ def train(config: GroundedDPOConfig, options: RunOptions | None = None) -> Groun
     check_source(config.data, "data")
     if config.model is None or config.data is None:
         raise ConfigError("model and data are required (--model, --data, or the config file)")
-    out = Path(config.output_dir)
-    settings = run_settings(config)
-    with output_lock(config, "dpo"):
-        checkpoint = claim_output(out, "dpo", config, settings, options)
+    with claimed_output(config, "dpo", options) as (out, settings, checkpoint):
         return _train(config, out, settings, checkpoint)
 
 
 def _train(config: GroundedDPOConfig, out: Path, settings: dict[str, Any], checkpoint: str | None
            ) -> GroundedDPOTrainer:
-    import torch
     from datasets import disable_caching
 
-    from grounded_rl.models import family_of, freeze_vision_tower, load_model_and_processor
     from trace_forge.dataset import PREFERENCE_ROWS, load_traces
 
     # ---- model and processor ----------------------------------------------------------------------------------
-    # Weights stay fp32 even with bf16: bf16 is autocast only, so small updates are not rounded away.
-    model, processor = load_model_and_processor(config.model, dtype=torch.float32,
-                                                trust_remote_code=config.trust_remote_code)
-    family = family_of(model.config)
-    if config.max_pixels is not None:  # before the view is read: it defines the model frame
-        set_max_pixels(processor, config.max_pixels)
-    frozen = freeze_vision_tower(model) if config.freeze_vision else 0
+    model, processor, family, frozen = load_policy(config)
     view = model_view(processor, family)
 
     # ---- pairs: re-rendering and filtering are cheap and redone on every run, so nothing is cached --------------
@@ -225,12 +214,10 @@ def _train(config: GroundedDPOConfig, out: Path, settings: dict[str, Any], check
                                                "gradient_accumulation_steps", "max_length", "max_pixels",
                                                "freeze_vision", "seed")},
     )
-    n_params = sum(p.numel() for p in model.parameters())
-    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     facts: dict[str, Any] = {
         "family": family.value,
         "view": view.to_dict(),
-        "parameters": {"total": n_params, "trainable": n_trainable, "vision_frozen": frozen},
+        "parameters": parameter_counts(model, frozen),
         "data": {"train": _data_entry(config.data, config.split, train_set, train_fit),
                  "eval": None if eval_set is None else _data_entry(config.data, config.eval_split, eval_set,
                                                                    eval_fit or Counter())},

@@ -49,19 +49,18 @@ from PIL import Image as PILImage
 from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
-from grounded_rl.data import image_token_count, model_view, set_max_pixels
+from grounded_rl.data import image_token_count, model_view
 from grounded_rl.env import DEFAULT_MAX_IMAGES, ZoomEnvironment
-from grounded_rl.models import Family, family_of, freeze_vision_tower, load_model_and_processor
+from grounded_rl.models import Family
 from grounded_rl.rewards import DEFAULT_WEIGHTS, RAW_TEXT, assistant_turns, build_rewards
 from grounded_rl.training import (
     CommonFields,
     RunOptions,
     TrainerMixin,
     check_source,
-    claim_output,
-    output_lock,
+    claimed_output,
+    load_policy,
     prepare_config,
-    run_settings,
     write_run,
 )
 from trace_forge.dataset import TraceRow, load_traces
@@ -573,15 +572,10 @@ def _prompt_tokens(processor: Any, prompt: list[dict], image_size: list[int]) ->
 def build_trainer(config: GroundedGRPOConfig) -> GroundedGRPOTrainer:
     """Load the policy, the prompts, the rewards and (multi-turn) the zoom environment into a trainer."""
     # ---- policy: our chat template, vision tower frozen (ViGoRL: projector and LLM trained) -------------------
-    # Weights stay fp32 even with bf16: bf16 is autocast only, so lr-1e-6 updates are not rounded away.
-    model, processor = load_model_and_processor(config.model, dtype=torch.float32,
-                                                trust_remote_code=config.trust_remote_code)
+    model, processor, family, frozen = load_policy(config)
     processor.tokenizer.padding_side = "left"  # TRL generates from left-padded prompts
-    if config.max_pixels is not None:  # before anything reads the resize: it defines the model frame
-        set_max_pixels(processor, config.max_pixels)
-    family = family_of(model.config)
-    if config.freeze_vision:
-        logger.info("froze %d vision-tower parameters", freeze_vision_tower(model))
+    if frozen:
+        logger.info("froze %d vision-tower parameters", frozen)
 
     # ---- prompts and rewards ------------------------------------------------------------------------------------
     train_dataset = load_prompts(config, processor, family)
@@ -630,10 +624,7 @@ def run_grpo(config: GroundedGRPOConfig, options: RunOptions | None = None) -> P
     check_source(config.data, "data")
     if config.model is None:
         raise ConfigError("model is required (--model, or the config file)")
-    out = Path(config.output_dir)
-    settings = run_settings(config)
-    with output_lock(config, "grpo"):
-        checkpoint = claim_output(out, "grpo", config, settings, options)
+    with claimed_output(config, "grpo", options) as (out, settings, checkpoint):
         trainer = build_trainer(config)
         source = config.data or f"{config.task} ({config.data_dir or 'Hub'}, split {config.split or 'default'})"
         trainer.card = dict(

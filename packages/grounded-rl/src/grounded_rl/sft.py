@@ -35,11 +35,11 @@ from grounded_rl.training import (
     RunOptions,
     TrainerMixin,
     check_source,
-    claim_output,
+    claimed_output,
     held_out_evaluation,
-    output_lock,
+    load_policy,
+    parameter_counts,
     prepare_config,
-    run_settings,
     write_run,
 )
 from trace_forge.errors import ConfigError, DataError
@@ -148,30 +148,19 @@ def train(config: GroundedSFTConfig, options: RunOptions | None = None) -> Groun
         check_source(getattr(config, name), name, model=name == "model")
     if config.model is None or config.data is None:
         raise ConfigError("model and data are required (--model, --data, or the config file)")
-    out = Path(config.output_dir)
-    settings = run_settings(config)
-    with output_lock(config, "sft"):
-        checkpoint = claim_output(out, "sft", config, settings, options)
+    with claimed_output(config, "sft", options) as (out, settings, checkpoint):
         return _train(config, out, settings, checkpoint)
 
 
 def _train(config: GroundedSFTConfig, out: Path, settings: dict[str, Any], checkpoint: str | None
            ) -> GroundedSFTTrainer:
-    import torch
     from datasets import disable_caching
 
-    from grounded_rl.data import GroundedCollator, drop_unfit, set_max_pixels
-    from grounded_rl.models import family_of, freeze_vision_tower, load_model_and_processor
+    from grounded_rl.data import GroundedCollator, drop_unfit
     from trace_forge.dataset import load_traces
 
     # ---- model and processor ----------------------------------------------------------------------------------
-    # Weights stay fp32 even with bf16: bf16 is autocast only, so lr-1e-6 updates are not rounded away.
-    model, processor = load_model_and_processor(config.model, dtype=torch.float32,
-                                                trust_remote_code=config.trust_remote_code)
-    family = family_of(model.config)
-    if config.max_pixels is not None:
-        set_max_pixels(processor, config.max_pixels)
-    frozen = freeze_vision_tower(model) if config.freeze_vision else 0
+    model, processor, family, frozen = load_policy(config)
     peft_config = None
     if config.use_peft:
         from peft import LoraConfig
@@ -212,11 +201,10 @@ def _train(config: GroundedSFTConfig, out: Path, settings: dict[str, Any], check
                                                "gradient_accumulation_steps", "max_length", "max_pixels",
                                                "freeze_vision", "use_peft", "seed")},
     )
-    n_params = sum(p.numel() for p in trainer.model.parameters())
-    n_trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    parameters = parameter_counts(trainer.model, frozen)
     facts: dict[str, Any] = {
         "family": family.value,
-        "parameters": {"total": n_params, "trainable": n_trainable, "vision_frozen": frozen},
+        "parameters": parameters,
         "data": {
             "train": {"source": config.data, "split": config.split, "rows": len(train_set),
                       "fingerprint": train_set._fingerprint, "fit": dict(train_fit), "multi_turn": multi_turn},
@@ -227,7 +215,8 @@ def _train(config: GroundedSFTConfig, out: Path, settings: dict[str, Any], check
     }
     if trainer.is_world_process_zero():
         trainer.run_record = write_run(out, "sft", config, settings, **facts, resumed_from=checkpoint)
-    logger.info("%s: %d rows, %d/%d parameters trainable", family.value, len(train_set), n_trainable, n_params)
+    logger.info("%s: %d rows, %d/%d parameters trainable", family.value, len(train_set), parameters["trainable"],
+                parameters["total"])
 
     # ---- train ------------------------------------------------------------------------------------------------
     result = trainer.train(resume_from_checkpoint=checkpoint)

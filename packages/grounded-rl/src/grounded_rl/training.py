@@ -24,6 +24,7 @@ Torch, transformers and TRL are imported inside functions: importing this module
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import difflib
@@ -35,7 +36,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from importlib.util import find_spec
@@ -55,12 +56,15 @@ __all__ = [
     "check_extras",
     "check_source",
     "claim_output",
+    "claimed_output",
     "config_from_mapping",
     "held_out_evaluation",
     "is_hub_id",
     "last_checkpoint",
+    "load_policy",
     "model_card",
     "output_lock",
+    "parameter_counts",
     "parse_command_line",
     "precheck",
     "prepare_config",
@@ -572,8 +576,6 @@ def _clear(out: Path) -> None:
 def output_lock(config: Any, command: str) -> Any:
     """One writer per output folder: :class:`~trace_forge.durable.OutputLock` on the main process (the other
     processes of the same launch write through it)."""
-    import contextlib
-
     from trace_forge.durable import OutputLock
 
     return OutputLock(config.output_dir, command) if config.process_index == 0 else contextlib.nullcontext()
@@ -658,6 +660,47 @@ def claim_output(out: str | Path, command: str, config: Any, settings: dict[str,
         raise ConfigError(value)
     Path(out).mkdir(parents=True, exist_ok=True)
     return value
+
+
+@contextlib.contextmanager
+def claimed_output(config: Any, command: str, options: RunOptions) -> Iterator[tuple[Path, dict[str, Any], str | None]]:
+    """``config.output_dir`` held for ``command`` (:func:`output_lock`, then :func:`claim_output`) while the block
+    trains; yields the folder, the run's :func:`run_settings` and the checkpoint to resume from (None: step 0)."""
+    out = Path(config.output_dir)
+    settings = run_settings(config)
+    with output_lock(config, command):
+        yield out, settings, claim_output(out, command, config, settings, options)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The policy: loaded the same way by every command
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def load_policy(config: Any) -> tuple[Any, Any, Any, int]:
+    """The model to train and its processor: ``(model, processor, family, frozen parameters)``.
+
+    Weights stay fp32 even with bf16 (bf16 is autocast only, so lr-1e-6 updates are not rounded away);
+    ``config.max_pixels`` is set on the processor before anything reads its resize (it defines the model frame);
+    with ``config.freeze_vision`` the vision tower is frozen (ViGoRL trains the merger and the LLM).
+    """
+    import torch
+
+    from grounded_rl.data import set_max_pixels
+    from grounded_rl.models import family_of, freeze_vision_tower, load_model_and_processor
+
+    model, processor = load_model_and_processor(config.model, dtype=torch.float32,
+                                                trust_remote_code=config.trust_remote_code)
+    if config.max_pixels is not None:
+        set_max_pixels(processor, config.max_pixels)
+    frozen = freeze_vision_tower(model) if config.freeze_vision else 0
+    return model, processor, family_of(model.config), frozen
+
+
+def parameter_counts(model: Any, frozen: int) -> dict[str, int]:
+    """What a run record says of the model's parameters."""
+    return {"total": sum(p.numel() for p in model.parameters()),
+            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad), "vision_frozen": frozen}
 
 
 # ---------------------------------------------------------------------------------------------------------------

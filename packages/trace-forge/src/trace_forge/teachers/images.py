@@ -10,10 +10,11 @@ An image from a JPEG or PNG file whose resize only rounds its sides to the grid 
 usual case for V*-size photos under Qwen's 12.8 MP budget) is sent as that file's own bytes, and the server's
 processor rounds it to the same ``model`` size. Any server whose bounds hold ours does, which is the condition a
 pre-resized image already depends on; the model then sees its own processor's resampling, as in training and
-evaluation, and the client skips 50-90 ms of decode, resample and re-encode per 2-4 MP photo (the larger part of
-its CPU per question). Otherwise the format is chosen per image (``format="auto"``, :func:`auto_format`): JPEG at quality 95 for photos, PNG where lossless
-matters (screenshots with small text). Measured on a bundled V* photo (1960x1470 JPEG of 214 kB, resized to
-multiples of 28): PNG 1.53 MB in 0.63 s, JPEG q95 368 kB in 0.03 s, and the server decodes the JPEG about 8x faster.
+evaluation, and the client skips 50-90 ms of decode, resample and re-encode per 2-4 MP photo (the larger part of its
+CPU per question). Otherwise the format is chosen per image (``format="auto"``, :func:`auto_format`): JPEG at
+quality 95 for photos, PNG where lossless matters (screenshots with small text). Measured on a bundled V* photo
+(1960x1470 JPEG of 214 kB, resized to multiples of 28): PNG 1.53 MB in 0.63 s, JPEG q95 368 kB in 0.03 s, and the
+server decodes the JPEG about 8x faster.
 
 Encoding is CPU work, so async code calls :meth:`ImageEncoder.aencode`, which runs it in a worker thread instead of
 stalling every request in flight. The memo is bounded (least recently used images are dropped), so a long run's
@@ -286,7 +287,7 @@ class ImageEncoder:
             return None, sha
         if self.resize is None:
             return EncodedImage.of(data, _MIME[fmt], size, size, sha), sha
-        if not self.resize.rounds_only(*size):
+        if not self.resize.rounds_only(*size):  # the server would not scale it as we do: send it scaled
             return None, sha
         return EncodedImage.of(data, _MIME[fmt], self.resize.model_size(*size), size, sha), sha
 
